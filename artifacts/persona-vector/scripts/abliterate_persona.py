@@ -1,0 +1,7 @@
+"""abliterate_persona: step of the persona-vector reproducer (README, Reproducer)."""
+
+def main() -> None:
+    print("abliterate_persona")
+
+if __name__ == "__main__":
+    main()

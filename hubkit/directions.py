@@ -1,0 +1,329 @@
+"""Direction tensors: reading every format researchers leave behind, and the canonical safetensors file.
+
+Readers return a :class:`DirectionSet` (``{layer: float32 tensor [d]}`` plus metadata). ``.pt`` files are
+read with ``torch.load(weights_only=True)`` only: a file that needs full unpickling is refused, because
+a pickle can run code. The canonical file ``vectors/<name>.safetensors`` holds one float32 tensor per
+layer named ``layer.<i>`` and string metadata, so downstream users need neither torch.load nor hubkit.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import DirectionError, PickleRefused
+
+if TYPE_CHECKING:  # torch is imported lazily: `hubkit --help` and `validate` without tensors skip it
+    import torch
+
+LAYER_CONVENTIONS = ("block", "hidden_states")
+DIRECTION_SUFFIXES = (".pt", ".pth", ".safetensors", ".npy")
+UNIT_NORM_TOL = 1e-3
+
+
+@dataclass
+class DirectionSet:
+    """Per-layer direction vectors of one named direction, in one layer convention."""
+
+    name: str
+    layers: dict[int, torch.Tensor]
+    layer_convention: str = "block"
+    selected_layer: int | None = None
+    base_model: str | None = None
+    source: str | None = None
+    method: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def d(self) -> int:
+        return int(next(iter(self.layers.values())).shape[0])
+
+    @property
+    def layer_ids(self) -> list[int]:
+        return sorted(self.layers)
+
+    @property
+    def norms(self) -> dict[int, float]:
+        return {i: float(t.double().norm()) for i, t in sorted(self.layers.items())}
+
+    @property
+    def unit_norm(self) -> bool:
+        return all(abs(n - 1.0) <= UNIT_NORM_TOL for n in self.norms.values())
+
+    def vector(self, layer: int | None = None) -> torch.Tensor:
+        """The direction at ``layer`` (default: the selected layer, or the only one)."""
+        if layer is None:
+            layer = self.selected_layer
+        if layer is None:
+            if len(self.layers) == 1:
+                return next(iter(self.layers.values()))
+            raise DirectionError(
+                f"{self.source or self.name}: {len(self.layers)} layers and no selected layer; pass layer="
+            )
+        if layer not in self.layers:
+            raise DirectionError(
+                f"{self.source or self.name}: no layer {layer} ({self.layer_convention} convention); "
+                f"has {_span(self.layer_ids)}"
+            )
+        return self.layers[layer]
+
+    def metadata(self) -> dict[str, str]:
+        """String metadata written into the canonical safetensors header."""
+        meta = {
+            "format": "hubkit-direction",
+            "name": self.name,
+            "layer_convention": self.layer_convention,
+            "unit_norm": "true" if self.unit_norm else "false",
+            "d": str(self.d),
+            "layers": ",".join(str(i) for i in self.layer_ids),
+        }
+        if self.selected_layer is not None:
+            meta["selected_layer"] = str(self.selected_layer)
+        if self.base_model:
+            meta["base_model"] = self.base_model
+        if self.source:
+            meta["source"] = self.source
+        if self.method:
+            meta["method"] = self.method
+        meta.update(self.extra)
+        return meta
+
+
+def _span(ids: list[int]) -> str:
+    if not ids:
+        return "none"
+    if ids == list(range(ids[0], ids[-1] + 1)) and len(ids) > 2:
+        return f"{ids[0]}–{ids[-1]}"
+    return ", ".join(map(str, ids))
+
+
+def read_direction_file(
+    path: str | Path,
+    *,
+    name: str | None = None,
+    layer: int | None = None,
+    layer_convention: str = "block",
+    display: str | None = None,
+) -> DirectionSet:
+    """Read a direction from .pt / .safetensors / .npy into a validated :class:`DirectionSet`.
+
+    Accepted shapes: ``[d]`` (needs ``layer``), ``[L, d]`` (row i is layer i), ``{layer: [d]}`` and a list
+    of ``[d]`` tensors. ``display`` is the path shown in errors (the run-relative path).
+    """
+    import torch
+
+    path = Path(path)
+    where = display or str(path)
+    if not path.is_file():
+        raise DirectionError(f"{where}: file not found")
+    suffix = path.suffix.lower()
+    meta: dict[str, str] = {}
+    if suffix in (".pt", ".pth"):
+        obj = _load_pt(path, where)
+    elif suffix == ".safetensors":
+        obj, meta = _load_safetensors(path, where)
+    elif suffix == ".npy":
+        import numpy as np
+
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except ValueError as e:
+            raise PickleRefused(f"{where}: .npy holds Python objects (needs allow_pickle); refused") from e
+        except Exception as e:
+            raise DirectionError(f"{where}: not a readable .npy file ({e})") from e
+        obj = torch.from_numpy(np.ascontiguousarray(arr))
+    else:
+        raise DirectionError(f"{where}: unsupported direction format '{suffix}' (use .pt, .safetensors or .npy)")
+
+    if meta.get("format") == "hubkit-direction":
+        layer_convention = meta.get("layer_convention", layer_convention)
+        if layer is None and meta.get("selected_layer"):
+            layer = int(meta["selected_layer"])
+    layers = _to_layers(obj, layer, where)
+    _check_values(layers, where)
+    ds = DirectionSet(
+        name=name or meta.get("name") or path.stem,
+        layers=layers,
+        layer_convention=layer_convention,
+        selected_layer=layer if layer is not None else (next(iter(layers)) if len(layers) == 1 else None),
+        base_model=meta.get("base_model"),
+        source=meta.get("source") or where,
+        method=meta.get("method"),
+    )
+    if ds.selected_layer is not None and ds.selected_layer not in layers:
+        raise DirectionError(
+            f"{where}: selected layer {ds.selected_layer} ({layer_convention}) not among the file's layers "
+            f"{_span(ds.layer_ids)}"
+        )
+    return ds
+
+
+def _load_pt(path: Path, where: str) -> Any:
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise PickleRefused(
+            f"{where}: needs full unpickling (weights_only=False), which can run arbitrary code; "
+            "hubkit reads only tensors, dicts and lists of tensors. Re-save it with "
+            "torch.save(tensor) or as .safetensors"
+        ) from e
+    except Exception as e:
+        raise DirectionError(f"{where}: not a readable torch file ({type(e).__name__}: {_first_line(e)})") from e
+
+
+def _load_safetensors(path: Path, where: str) -> tuple[dict[str, Any], dict[str, str]]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no iterator
+    except Exception as e:
+        raise DirectionError(f"{where}: not a readable safetensors file ({_first_line(e)})") from e
+    if len(tensors) == 1 and "layer." not in next(iter(tensors)):
+        return next(iter(tensors.values())), meta
+    return tensors, meta
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def _layer_key(key: Any, where: str) -> int:
+    if isinstance(key, int):
+        return key
+    s = str(key)
+    for prefix in ("layer.", "layer_", "layers.", "layer", "l", "L"):
+        if s.startswith(prefix) and s[len(prefix) :].lstrip("-").isdigit():
+            return int(s[len(prefix) :])
+    if s.lstrip("-").isdigit():
+        return int(s)
+    raise DirectionError(f"{where}: key '{s}' is not a layer index (use ints or 'layer.<i>')")
+
+
+def _to_layers(obj: Any, layer: int | None, where: str) -> dict[int, torch.Tensor]:
+    import torch
+
+    if isinstance(obj, dict):
+        if not obj:
+            raise DirectionError(f"{where}: empty dict, no direction")
+        out = {}
+        for k, v in obj.items():
+            i = _layer_key(k, where)
+            t = _as_tensor(v, f"{where}[{k!r}]")
+            if t.dim() != 1:
+                raise DirectionError(f"{where}[{k!r}]: expected a 1-D tensor [d], got shape {list(t.shape)}")
+            out[i] = t
+        return dict(sorted(out.items()))
+    if isinstance(obj, (list, tuple)):
+        if not obj:
+            raise DirectionError(f"{where}: empty list, no direction")
+        out = {}
+        for i, v in enumerate(obj):
+            t = _as_tensor(v, f"{where}[{i}]")
+            if t.dim() != 1:
+                raise DirectionError(f"{where}[{i}]: expected a 1-D tensor [d], got shape {list(t.shape)}")
+            out[i] = t
+        return out
+    t = _as_tensor(obj, where)
+    if t.dim() == 1:
+        if layer is None:
+            raise DirectionError(f"{where}: a single [d] vector needs its layer (set 'layer:' in hubkit.yaml)")
+        return {int(layer): t}
+    if t.dim() == 2:
+        return {i: t[i] for i in range(t.shape[0])}
+    raise DirectionError(f"{where}: expected shape [d] or [layers, d], got {list(t.shape)}")
+
+
+def _as_tensor(v: Any, where: str) -> torch.Tensor:
+    import numpy as np
+    import torch
+
+    if isinstance(v, np.ndarray):
+        v = torch.from_numpy(v)
+    if not isinstance(v, torch.Tensor):
+        raise DirectionError(f"{where}: expected a tensor, got {type(v).__name__}")
+    if not (v.is_floating_point()):
+        raise DirectionError(f"{where}: expected floating point values, got {v.dtype}")
+    return v.detach().to(torch.float32).contiguous().clone()
+
+
+def _check_values(layers: dict[int, torch.Tensor], where: str) -> None:
+    import torch
+
+    ds = {int(t.shape[0]) for t in layers.values()}
+    if len(ds) > 1:
+        by_d = {}
+        for i, t in layers.items():
+            by_d.setdefault(int(t.shape[0]), i)
+        parts = ", ".join(f"d={d} (layer {i})" for d, i in sorted(by_d.items()))
+        raise DirectionError(f"{where}: mixed d across layers: {parts}")
+    for i, t in layers.items():
+        if not bool(torch.isfinite(t).all()):
+            raise DirectionError(f"{where}: layer {i} has non-finite values (NaN or inf)")
+        if float(t.double().norm()) == 0.0 or not math.isfinite(float(t.double().norm())):
+            raise DirectionError(f"{where}: layer {i} is the zero vector")
+        if i < 0:
+            raise DirectionError(f"{where}: negative layer index {i}")
+
+
+def write_canonical(ds: DirectionSet, path: str | Path) -> None:
+    """Write ``vectors/<name>.safetensors``: float32 ``layer.<i>`` tensors + string metadata.
+
+    safetensors sorts tensors by name and we pass sorted metadata, so the bytes are deterministic.
+    """
+    from safetensors.torch import save_file
+
+    tensors = {f"layer.{i}": ds.layers[i].to("cpu").float().contiguous() for i in ds.layer_ids}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata=dict(sorted(ds.metadata().items())))
+
+
+def read_canonical(path: str | Path, display: str | None = None) -> DirectionSet:
+    """Read a canonical direction file back (the format :func:`write_canonical` writes)."""
+    from safetensors import safe_open
+
+    where = display or str(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            layers = {_layer_key(k, where): f.get_tensor(k).float() for k in f.keys()}  # noqa: SIM118
+    except Exception as e:
+        raise DirectionError(f"{where}: not a readable safetensors file ({_first_line(e)})") from e
+    if not layers:
+        raise DirectionError(f"{where}: no tensors")
+    _check_values(layers, where)
+    known = {"format", "name", "layer_convention", "unit_norm", "d", "layers", "selected_layer", "base_model",
+             "source", "method"}
+    sel = meta.get("selected_layer")
+    return DirectionSet(
+        name=meta.get("name") or Path(path).stem,
+        layers=dict(sorted(layers.items())),
+        layer_convention=meta.get("layer_convention", "block"),
+        selected_layer=int(sel) if sel not in (None, "") else (next(iter(layers)) if len(layers) == 1 else None),
+        base_model=meta.get("base_model"),
+        source=meta.get("source"),
+        method=meta.get("method"),
+        extra={k: v for k, v in meta.items() if k not in known},
+    )
+
+
+def to_block_index(layer: int, convention: str) -> int:
+    """Map a layer number in ``convention`` to the decoder-block index whose output it is.
+
+    ``block`` i is the output of block i; ``hidden_states`` i is ``hidden_states[i]`` = output of block i-1
+    (``hidden_states[0]`` is the embeddings, which no block outputs: -1).
+    """
+    if convention == "block":
+        return layer
+    if convention == "hidden_states":
+        return layer - 1
+    raise DirectionError(f"unknown layer convention '{convention}' (use block or hidden_states)")

@@ -1,0 +1,421 @@
+"""The run manifest ``hubkit.yaml``: the one file a researcher writes.
+
+Parsing keeps the YAML line of every key so that an error reads ``hubkit.yaml:12: unknown key
+'directons' (did you mean 'directions'?)``. The result is a tree of plain dataclasses; nothing here
+touches tensors or the network.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import difflib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import ManifestError
+
+MANIFEST_NAME = "hubkit.yaml"
+STATUSES = ("positive", "null-result", "regression", "inconclusive", "superseded")
+ALTERNATIVES = ("greater", "less", "two-sided")
+RELATIONS = ("supersedes", "superseded-by", "follow-up", "see-also")
+TARGETS = ("embed_tokens", "attn_out", "mlp_down", "lm_head")
+DEFAULT_TARGETS = ["embed_tokens", "attn_out", "mlp_down"]
+DEFAULT_EXCLUDE = [".env", "**/.env", ".netrc", "**/.netrc", "*.pem", "**/*.pem", "**/credentials*",
+                   "**/*.key", ".git/**", "**/__pycache__/**", "**/.ipynb_checkpoints/**", "**/.DS_Store"]
+TODO = "TODO"  # what `hubkit init` writes where the author must fill a value
+
+
+@dataclass
+class DirectionSpec:
+    name: str
+    file: str
+    layer: int | None = None
+    layer_convention: str = "block"
+    method: str | None = None
+
+
+@dataclass
+class ContrastSpec:
+    file: str
+    label: str
+
+
+@dataclass
+class ArmSpec:
+    id: str
+    label: str | None = None
+    passes: int | None = None
+    n: int | None = None
+    per_task: str | None = None
+    this: bool = False
+
+
+@dataclass
+class EvaluationSpec:
+    name: str
+    arms: list[ArmSpec]
+    n: int | None = None
+    baseline: str | None = None
+    alternative: str = "greater"
+    pass_threshold: float = 1.0
+    description: str | None = None
+
+
+@dataclass
+class SectionSpec:
+    title: str
+    file: str | None = None
+    text: str | None = None
+
+
+@dataclass
+class RelatedSpec:
+    repo_id: str
+    relation: str = "see-also"
+    note: str | None = None
+
+
+@dataclass
+class WeightsSpec:
+    path: str
+    publish: bool = False
+
+
+@dataclass
+class RegenerateSpec:
+    direction: str
+    layer: int | None = None
+    targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
+
+
+@dataclass
+class Manifest:
+    """Everything ``hubkit.yaml`` may say; see the README for the schema."""
+
+    title: str
+    status: str
+    base_model: str | None = None
+    repo_id: str | None = None
+    date: str | None = None
+    base_model_revision: str | None = None
+    license: str | None = None
+    tags: list[str] = field(default_factory=list)
+    status_note: str | None = None
+    summary: str | None = None
+    summary_file: str | None = None
+    authors: list[str] = field(default_factory=list)
+    compute: str | None = None
+    directions: list[DirectionSpec] = field(default_factory=list)
+    ranking: list[str] = field(default_factory=list)
+    contrast: list[ContrastSpec] = field(default_factory=list)
+    evaluations: list[EvaluationSpec] = field(default_factory=list)
+    caveats: list[str] = field(default_factory=list)
+    sections: list[SectionSpec] = field(default_factory=list)
+    related: list[RelatedSpec] = field(default_factory=list)
+    weights: WeightsSpec | None = None
+    regenerate: RegenerateSpec | None = None
+    include: list[str] = field(default_factory=lambda: ["**"])
+    exclude: list[str] = field(default_factory=list)
+    allow_secrets: list[str] = field(default_factory=list)
+    max_file_size_mb: float = 100.0
+
+    def direction(self, name: str) -> DirectionSpec | None:
+        return next((d for d in self.directions if d.name == name), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest as plain data (for ``hubkit.json``), dropping empty values."""
+        return _plain(self)
+
+
+def _plain(obj: Any) -> Any:
+    if hasattr(obj, "__dataclass_fields__"):
+        out = {}
+        for f in fields(obj):
+            v = _plain(getattr(obj, f.name))
+            if v is None or v == [] or v == {}:
+                continue
+            out[f.name] = v
+        return out
+    if isinstance(obj, list):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+# --------------------------------------------------------------------------- parsing with line numbers
+
+
+class _Lines:
+    """Maps a key path like ('evaluations', 0, 'arms') to its 1-based line in the YAML file."""
+
+    def __init__(self, node: Any):
+        self.lines: dict[tuple, int] = {}
+        if node is not None:
+            self._walk(node, ())
+
+    def _walk(self, node: Any, path: tuple) -> None:
+        import yaml
+
+        self.lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = k.value
+                self.lines[path + (key,)] = k.start_mark.line + 1
+                self._walk(v, path + (key,))
+                self.lines[path + (key,)] = k.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                self._walk(v, path + (i,))
+
+    def at(self, path: tuple) -> int | None:
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = path[:-1]
+        return self.lines.get(())
+
+
+class _Parser:
+    def __init__(self, where: str, lines: _Lines):
+        self.where = where
+        self.lines = lines
+
+    def fail(self, path: tuple, msg: str) -> ManifestError:
+        line = self.lines.at(path)
+        loc = f"{self.where}:{line}" if line else self.where
+        return ManifestError(f"{loc}: {msg}")
+
+    @staticmethod
+    def dotted(path: tuple) -> str:
+        out = ""
+        for p in path:
+            out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+        return out or "top level"
+
+    def mapping(self, value: Any, path: tuple, cls: type, required: tuple[str, ...] = ()) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(path, f"{self.dotted(path)} must be a mapping, got {_kind(value)}")
+        allowed = [f.name for f in fields(cls)]
+        for key in value:
+            if key not in allowed:
+                hint = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+                tip = f" (did you mean '{hint[0]}'?)" if hint else f" (allowed: {', '.join(allowed)})"
+                where = "" if not path else f" in {self.dotted(path)}"
+                raise self.fail(path + (key,), f"unknown key '{key}'{where}{tip}")
+        for key in required:
+            if value.get(key) in (None, ""):
+                raise self.fail(path, f"{self.dotted(path + (key,))} is required")
+        return value
+
+    def string(self, value: Any, path: tuple, *, allow_none: bool = True) -> str | None:
+        if value is None and allow_none:
+            return None
+        if isinstance(value, (_dt.date, _dt.datetime)):
+            return value.isoformat()
+        if isinstance(value, bool) or isinstance(value, (dict, list)) or value is None:
+            raise self.fail(path, f"{self.dotted(path)} must be a string, got {_kind(value)}")
+        return str(value)
+
+    def integer(self, value: Any, path: tuple, *, minimum: int | None = 0) -> int | None:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(path, f"{self.dotted(path)} must be an integer, got {_kind(value)} {value!r}")
+        if minimum is not None and value < minimum:
+            raise self.fail(path, f"{self.dotted(path)} must be >= {minimum}, got {value}")
+        return value
+
+    def number(self, value: Any, path: tuple) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.fail(path, f"{self.dotted(path)} must be a number, got {_kind(value)}")
+        return float(value)
+
+    def boolean(self, value: Any, path: tuple) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(path, f"{self.dotted(path)} must be true or false, got {value!r}")
+        return value
+
+    def choice(self, value: Any, path: tuple, choices: tuple[str, ...]) -> str:
+        s = self.string(value, path, allow_none=False)
+        if s not in choices:
+            hint = difflib.get_close_matches(s, choices, n=1, cutoff=0.5)
+            tip = f" (did you mean '{hint[0]}'?)" if hint else ""
+            raise self.fail(path, f"{self.dotted(path)} is '{s}', must be one of {' | '.join(choices)}{tip}")
+        return s
+
+    def str_list(self, value: Any, path: tuple) -> list[str]:
+        if value is None:
+            return []
+        if isinstance(value, str):
+            return [value]
+        if not isinstance(value, list):
+            raise self.fail(path, f"{self.dotted(path)} must be a list of strings, got {_kind(value)}")
+        return [self.string(v, path + (i,), allow_none=False) for i, v in enumerate(value)]  # type: ignore[misc]
+
+    def items(self, value: Any, path: tuple) -> list[tuple[tuple, Any]]:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise self.fail(path, f"{self.dotted(path)} must be a list, got {_kind(value)}")
+        return [(path + (i,), v) for i, v in enumerate(value)]
+
+
+def _kind(v: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", type(None): "nothing"}.get(
+        type(v), type(v).__name__
+    )
+
+
+def parse_manifest(text: str, where: str = MANIFEST_NAME) -> Manifest:
+    """Parse manifest text; every error is a :class:`ManifestError` naming ``where:line``."""
+    import yaml
+
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        loc = f"{where}:{mark.line + 1}" if mark else where
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ManifestError(f"{loc}: unreadable YAML: {problem}") from e
+    p = _Parser(where, _Lines(node))
+    if data is None:
+        raise ManifestError(f"{where}: empty manifest (needs at least title and status)")
+    top = p.mapping(data, (), Manifest, required=("title", "status"))
+    m = Manifest(title=p.string(top["title"], ("title",), allow_none=False),  # type: ignore[arg-type]
+                 status=p.choice(top["status"], ("status",), STATUSES))
+    for key in ("repo_id", "date", "base_model", "base_model_revision", "license", "status_note", "summary",
+                "summary_file", "compute"):
+        if key in top:
+            setattr(m, key, p.string(top[key], (key,)))
+    for key in ("tags", "authors", "caveats", "include", "exclude", "allow_secrets", "ranking"):
+        if key in top:
+            setattr(m, key, p.str_list(top[key], (key,)))
+    if "max_file_size_mb" in top:
+        m.max_file_size_mb = p.number(top["max_file_size_mb"], ("max_file_size_mb",))
+    if m.summary and m.summary_file:
+        raise p.fail(("summary_file",), "give summary or summary_file, not both")
+    if m.repo_id is not None and (m.repo_id.count("/") != 1 or not all(m.repo_id.split("/"))):
+        raise p.fail(("repo_id",), f"repo_id must look like owner/name, got '{m.repo_id}'")
+
+    for path, d in p.items(top.get("directions"), ("directions",)):
+        d = p.mapping(d, path, DirectionSpec, required=("name", "file"))
+        m.directions.append(DirectionSpec(
+            name=p.string(d["name"], path + ("name",), allow_none=False),  # type: ignore[arg-type]
+            file=p.string(d["file"], path + ("file",), allow_none=False),  # type: ignore[arg-type]
+            layer=p.integer(d.get("layer"), path + ("layer",)),
+            layer_convention=p.choice(d.get("layer_convention", "block"), path + ("layer_convention",),
+                                      ("block", "hidden_states")),
+            method=p.string(d.get("method"), path + ("method",)),
+        ))
+    names = [d.name for d in m.directions]
+    for i, n in enumerate(names):
+        if names.index(n) != i:
+            raise p.fail(("directions", i, "name"), f"duplicate direction name '{n}'")
+
+    for path, c in p.items(top.get("contrast"), ("contrast",)):
+        c = p.mapping(c, path, ContrastSpec, required=("file",))
+        file = p.string(c["file"], path + ("file",), allow_none=False)
+        m.contrast.append(ContrastSpec(file=file, label=p.string(c.get("label"), path) or Path(file).stem))  # type: ignore[arg-type]
+
+    for path, e in p.items(top.get("evaluations"), ("evaluations",)):
+        m.evaluations.append(_evaluation(p, e, path))
+
+    for path, s in p.items(top.get("sections"), ("sections",)):
+        s = p.mapping(s, path, SectionSpec, required=("title",))
+        spec = SectionSpec(title=p.string(s["title"], path + ("title",), allow_none=False),  # type: ignore[arg-type]
+                           file=p.string(s.get("file"), path + ("file",)),
+                           text=p.string(s.get("text"), path + ("text",)))
+        if bool(spec.file) == bool(spec.text):
+            raise p.fail(path, f"{p.dotted(path)} needs exactly one of file or text")
+        m.sections.append(spec)
+
+    for path, r in p.items(top.get("related"), ("related",)):
+        r = p.mapping(r, path, RelatedSpec, required=("repo_id",))
+        m.related.append(RelatedSpec(
+            repo_id=p.string(r["repo_id"], path + ("repo_id",), allow_none=False),  # type: ignore[arg-type]
+            relation=p.choice(r.get("relation", "see-also"), path + ("relation",), RELATIONS),
+            note=p.string(r.get("note"), path + ("note",)),
+        ))
+
+    if top.get("weights") is not None:
+        w = p.mapping(top["weights"], ("weights",), WeightsSpec, required=("path",))
+        m.weights = WeightsSpec(path=p.string(w["path"], ("weights", "path"), allow_none=False),  # type: ignore[arg-type]
+                                publish=p.boolean(w.get("publish", False), ("weights", "publish")))
+
+    if top.get("regenerate") is not None:
+        r = p.mapping(top["regenerate"], ("regenerate",), RegenerateSpec, required=("direction",))
+        direction = p.string(r["direction"], ("regenerate", "direction"), allow_none=False)
+        if direction not in names:
+            hint = difflib.get_close_matches(direction, names, n=1)  # type: ignore[arg-type]
+            tip = f" (did you mean '{hint[0]}'?)" if hint else f" (directions: {', '.join(names) or 'none'})"
+            raise p.fail(("regenerate", "direction"), f"regenerate.direction '{direction}' is not a direction{tip}")
+        targets = p.str_list(r.get("targets"), ("regenerate", "targets")) or list(DEFAULT_TARGETS)
+        for i, t in enumerate(targets):
+            p.choice(t, ("regenerate", "targets", i), TARGETS)
+        layer = p.integer(r.get("layer"), ("regenerate", "layer"))
+        spec = m.direction(direction)  # type: ignore[arg-type]
+        if layer is None and spec is not None:
+            layer = spec.layer
+        m.regenerate = RegenerateSpec(direction=direction, layer=layer, targets=targets)  # type: ignore[arg-type]
+    return m
+
+
+def _evaluation(p: _Parser, e: Any, path: tuple) -> EvaluationSpec:
+    e = p.mapping(e, path, EvaluationSpec, required=("name", "arms"))
+    ev = EvaluationSpec(
+        name=p.string(e["name"], path + ("name",), allow_none=False),  # type: ignore[arg-type]
+        arms=[],
+        n=p.integer(e.get("n"), path + ("n",), minimum=1),
+        baseline=p.string(e.get("baseline"), path + ("baseline",)),
+        alternative=p.choice(e.get("alternative", "greater"), path + ("alternative",), ALTERNATIVES),
+        pass_threshold=p.number(e.get("pass_threshold", 1.0), path + ("pass_threshold",)),
+        description=p.string(e.get("description"), path + ("description",)),
+    )
+    for apath, a in p.items(e["arms"], path + ("arms",)):
+        a = p.mapping(a, apath, ArmSpec, required=("id",))
+        arm = ArmSpec(
+            id=p.string(a["id"], apath + ("id",), allow_none=False),  # type: ignore[arg-type]
+            label=p.string(a.get("label"), apath + ("label",)),
+            passes=p.integer(a.get("passes"), apath + ("passes",)),
+            n=p.integer(a.get("n"), apath + ("n",), minimum=1),
+            per_task=p.string(a.get("per_task"), apath + ("per_task",)),
+            this=p.boolean(a.get("this", False), apath + ("this",)),
+        )
+        n = arm.n or ev.n
+        if arm.per_task is None:
+            if arm.passes is None:
+                raise p.fail(apath, f"{p.dotted(apath)} needs passes (or a per_task file)")
+            if n is None:
+                raise p.fail(apath, f"{p.dotted(apath)} needs n (on the arm or the evaluation)")
+        if arm.passes is not None and n is not None and arm.passes > n:
+            raise p.fail(apath + ("passes",), f"{p.dotted(apath)}: passes {arm.passes} > n {n}")
+        ev.arms.append(arm)
+    ids = [a.id for a in ev.arms]
+    for i, a in enumerate(ids):
+        if ids.index(a) != i:
+            raise p.fail(path + ("arms", i, "id"), f"duplicate arm id '{a}' in {ev.name}")
+    if ev.baseline is not None and ev.baseline not in ids:
+        hint = difflib.get_close_matches(ev.baseline, ids, n=1)
+        tip = f" (did you mean '{hint[0]}'?)" if hint else f" (arms: {', '.join(ids)})"
+        raise p.fail(path + ("baseline",), f"baseline '{ev.baseline}' is not an arm of {ev.name}{tip}")
+    return ev
+
+
+def load_manifest(run_dir: str | Path) -> Manifest:
+    """Read ``RUN_DIR/hubkit.yaml``."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise ManifestError(f"{run_dir}: no such directory")
+    if not run_dir.is_dir():
+        raise ManifestError(f"{run_dir}: is a file, not a run directory")
+    path = run_dir / MANIFEST_NAME
+    if not path.is_file():
+        empty = not any(run_dir.iterdir())
+        why = "the directory is empty" if empty else "run `hubkit init` to draft one"
+        raise ManifestError(f"{path}: no manifest ({why})")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ManifestError(f"{path}: not UTF-8 text (byte {e.start})") from e
+    return parse_manifest(text, where=str(path))

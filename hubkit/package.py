@@ -1,0 +1,263 @@
+"""The package: exactly the tree a publish commits, and ``hubkit.json`` describing it.
+
+``build_package`` is pure apart from reading the run (and the hash cache); ``stage`` writes the tree
+beside the target and renames it into place, so a failure never leaves half a tree. Nothing here
+embeds a timestamp: the same run gives byte-identical trees.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import HubkitError
+from .run import Run
+
+HUBKIT_JSON = "hubkit.json"
+CARD = "README.md"
+CHUNK = 8 * 1024 * 1024
+
+
+@dataclass
+class PackageFile:
+    path: str
+    size: int
+    sha256: str
+    kind: str
+    source: Path | None = None  # a file of the run, copied as is
+    data: bytes | None = None  # generated content (card, canonical vectors, plots, hubkit.json)
+
+    def read(self) -> bytes:
+        return self.data if self.data is not None else Path(self.source).read_bytes()  # type: ignore[arg-type]
+
+
+@dataclass
+class Package:
+    files: list[PackageFile]
+    meta: dict[str, Any]  # the content of hubkit.json
+    notes: list[str] = field(default_factory=list)
+
+    def file(self, path: str) -> PackageFile | None:
+        return next((f for f in self.files if f.path == path), None)
+
+    @property
+    def total_size(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+# --------------------------------------------------------------------------- hashing with a cache
+
+
+def _cache_path() -> Path:
+    base = os.environ.get("HUBKIT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "hubkit")
+    return Path(base) / "sha256-cache.json"
+
+
+class HashCache:
+    """sha256 by (absolute path, size, mtime_ns): a 9 GB run is hashed once, not on every publish."""
+
+    def __init__(self, path: Path | None = None):
+        self.path = path or _cache_path()
+        try:
+            self.entries: dict[str, list] = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            self.entries = {}
+        self.dirty = False
+
+    def sha256(self, file: Path, progress: Any = None) -> str:
+        st = file.stat()
+        key = str(file.resolve())
+        hit = self.entries.get(key)
+        if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
+            if progress is not None:
+                progress.update(st.st_size)
+            return hit[2]
+        digest = sha256_file(file, progress)
+        self.entries[key] = [st.st_size, st.st_mtime_ns, digest]
+        self.dirty = True
+        return digest
+
+    def save(self) -> None:
+        if not self.dirty:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps(self.entries))
+            tmp.replace(self.path)
+        except OSError:
+            pass  # a cache that can't be written only costs time
+
+
+def sha256_file(path: Path, progress: Any = None) -> str:
+    """Streamed: never holds a large file in memory."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            h.update(chunk)
+            if progress is not None:
+                progress.update(len(chunk))
+    return h.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# --------------------------------------------------------------------------- building
+
+
+def canonical_path(name: str) -> str:
+    return f"vectors/{name}.safetensors"
+
+
+def _canonical_bytes(run: Run) -> dict[str, bytes]:
+    from safetensors.torch import save
+
+    out = {}
+    for ds in run.directions:
+        tensors = {f"layer.{i}": ds.layers[i].float().contiguous() for i in ds.layer_ids}
+        out[canonical_path(ds.name)] = save(tensors, metadata=dict(sorted(ds.metadata().items())))
+    return out
+
+
+def direction_entries(run: Run) -> list[dict[str, Any]]:
+    entries = []
+    for ds in run.directions:
+        spec = run.manifest.direction(ds.name)
+        entries.append({
+            "name": ds.name,
+            "file": spec.file if spec else ds.source,
+            "canonical": canonical_path(ds.name),
+            "layers": ds.layer_ids,
+            "d": ds.d,
+            "selected_layer": ds.selected_layer,
+            "layer_convention": ds.layer_convention,
+            "unit_norm": ds.unit_norm,
+            "method": ds.method,
+        })
+    return entries
+
+
+def regenerate_entry(run: Run, shards_sha256: dict[str, str] | None = None) -> dict[str, Any] | None:
+    r = run.manifest.regenerate
+    if r is None:
+        return None
+    ds = run.direction(r.direction)
+    entry: dict[str, Any] = {
+        "direction": r.direction,
+        "layer": r.layer if r.layer is not None else ds.selected_layer,
+        "layer_convention": ds.layer_convention,
+        "targets": list(r.targets),
+        "base_model": run.manifest.base_model,
+        "base_model_revision": run.manifest.base_model_revision,
+    }
+    if shards_sha256:
+        entry["shards_sha256"] = dict(sorted(shards_sha256.items()))
+    return entry
+
+
+def build_package(
+    run: Run,
+    *,
+    template_dir: str | Path | None = None,
+    version: str | None = None,
+    history: list[dict[str, Any]] | None = None,
+    shards_sha256: dict[str, str] | None = None,
+    repo_id: str | None = None,
+    dataset_repo: str | None = None,
+    hash_cache: HashCache | None = None,
+    progress: bool = False,
+) -> Package:
+    """Decide every file of the repo: the run's files, canonical vectors, assets, the card, hubkit.json."""
+    from . import card
+
+    cache = hash_cache or HashCache()
+    generated: dict[str, tuple[bytes, str]] = {}
+    for path, data in _canonical_bytes(run).items():
+        generated[path] = (data, "direction")
+    for path, data in card.build_assets(run).items():
+        generated[path] = (data, "asset")
+
+    files: dict[str, PackageFile] = {}
+    run_files = [f for f in run.included_files if f.path not in generated]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=sum(f.size for f in run_files), unit="B", unit_scale=True, desc="hashing",
+                   leave=False)
+    try:
+        for f in run_files:
+            src = run.root / f.path
+            files[f.path] = PackageFile(f.path, f.size, cache.sha256(src, bar), f.kind, source=src)
+    finally:
+        if bar is not None:
+            bar.close()
+        cache.save()
+    for path, (data, kind) in generated.items():
+        files[path] = PackageFile(path, len(data), sha256_bytes(data), kind, data=data)
+
+    meta: dict[str, Any] = {
+        "hubkit_version": __version__,
+        "version": version,
+        "repo_id": repo_id or run.manifest.repo_id,
+        "run": run.manifest.to_dict(),
+        "directions": direction_entries(run),
+        "regenerate": regenerate_entry(run, shards_sha256),
+        "dataset_repo": dataset_repo,
+        "history": history or [],
+    }
+    body_files = sorted(files.values(), key=lambda f: f.path)
+    data = card.build_card_data(run, body_files, meta)
+    readme = card.render_card(data, template_dir=template_dir).encode("utf-8")
+    files[CARD] = PackageFile(CARD, len(readme), sha256_bytes(readme), "card", data=readme)
+
+    listed = sorted(files.values(), key=lambda f: f.path)
+    meta["files"] = [{"path": f.path, "size": f.size, "sha256": f.sha256, "kind": f.kind} for f in listed]
+    meta["owned"] = sorted([f.path for f in listed] + [HUBKIT_JSON])
+    blob = (json.dumps(meta, indent=2, sort_keys=False, ensure_ascii=False) + "\n").encode("utf-8")
+    files[HUBKIT_JSON] = PackageFile(HUBKIT_JSON, len(blob), sha256_bytes(blob), "metadata", data=blob)
+    return Package(files=sorted(files.values(), key=lambda f: f.path), meta=meta, notes=list(run.notes))
+
+
+# --------------------------------------------------------------------------- staging
+
+
+def stage(package: Package, out: str | Path) -> Path:
+    """Write the package to ``out`` atomically (beside, then rename); replaces an earlier staged tree."""
+    out = Path(out)
+    if out.exists():
+        if not out.is_dir():
+            raise HubkitError(f"{out}: exists and is not a directory")
+        if any(out.iterdir()) and not (out / HUBKIT_JSON).is_file():
+            raise HubkitError(f"{out}: exists, is not empty and is not a staged hubkit tree; refusing to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        for f in package.files:
+            dest = tmp / f.path
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if f.data is not None:
+                dest.write_bytes(f.data)
+            else:
+                shutil.copyfile(f.source, dest)  # type: ignore[arg-type]
+        old = None
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            out.rename(old)
+        tmp.rename(out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
