@@ -112,31 +112,9 @@ def read_direction_file(
     Accepted shapes: ``[d]`` (needs ``layer``), ``[L, d]`` (row i is layer i), ``{layer: [d]}`` and a list
     of ``[d]`` tensors. ``display`` is the path shown in errors (the run-relative path).
     """
-    import torch
-
     path = Path(path)
     where = display or str(path)
-    if not path.is_file():
-        raise DirectionError(f"{where}: file not found")
-    suffix = path.suffix.lower()
-    meta: dict[str, str] = {}
-    if suffix in (".pt", ".pth"):
-        obj = _load_pt(path, where)
-    elif suffix == ".safetensors":
-        obj, meta = _load_safetensors(path, where)
-    elif suffix == ".npy":
-        import numpy as np
-
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except ValueError as e:
-            raise PickleRefused(f"{where}: .npy holds Python objects (needs allow_pickle); refused") from e
-        except Exception as e:
-            raise DirectionError(f"{where}: not a readable .npy file ({e})") from e
-        obj = torch.from_numpy(np.ascontiguousarray(arr))
-    else:
-        raise DirectionError(f"{where}: unsupported direction format '{suffix}' (use .pt, .safetensors or .npy)")
-
+    obj, meta = _read_raw(path, where)
     if meta.get("format") == "hubkit-direction":
         layer_convention = meta.get("layer_convention", layer_convention)
         if layer is None and meta.get("selected_layer"):
@@ -160,6 +138,43 @@ def read_direction_file(
     return ds
 
 
+def inspect_direction(path: str | Path, display: str | None = None) -> tuple[list[int] | None, int]:
+    """Layers and d of a direction file without choosing a layer (``None``: one bare [d] vector)."""
+    where = display or str(path)
+    obj, _ = _read_raw(Path(path), where)
+    if not isinstance(obj, (dict, list, tuple)) and getattr(obj, "ndim", 0) == 1:
+        layers = _to_layers(obj, 0, where)
+        _check_values(layers, where)
+        return None, int(layers[0].shape[0])
+    layers = _to_layers(obj, None, where)
+    _check_values(layers, where)
+    return sorted(layers), int(next(iter(layers.values())).shape[0])
+
+
+def _read_raw(path: Path, where: str) -> tuple[Any, dict[str, str]]:
+    """The file's object (tensor, dict, list or array) and safetensors metadata; never unpickles."""
+    import torch
+
+    if not path.is_file():
+        raise DirectionError(f"{where}: file not found")
+    suffix = path.suffix.lower()
+    if suffix in (".pt", ".pth"):
+        return _load_pt(path, where), {}
+    if suffix == ".safetensors":
+        return _load_safetensors(path, where)
+    if suffix == ".npy":
+        import numpy as np
+
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except ValueError as e:
+            raise PickleRefused(f"{where}: .npy holds Python objects (needs allow_pickle); refused") from e
+        except Exception as e:
+            raise DirectionError(f"{where}: not a readable .npy file ({_first_line(e)})") from e
+        return torch.from_numpy(np.ascontiguousarray(arr)), {}
+    raise DirectionError(f"{where}: unsupported direction format '{suffix}' (use .pt, .safetensors or .npy)")
+
+
 def _load_pt(path: Path, where: str) -> Any:
     import pickle
 
@@ -168,6 +183,8 @@ def _load_pt(path: Path, where: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        if "unsupported global" not in str(e).lower() and "unsupported class" not in str(e).lower():
+            raise DirectionError(f"{where}: not a readable torch file ({_first_line(e)})") from e
         raise PickleRefused(
             f"{where}: needs full unpickling (weights_only=False), which can run arbitrary code; "
             "hubkit reads only tensors, dicts and lists of tensors. Re-save it with "
@@ -274,17 +291,40 @@ def _check_values(layers: dict[int, torch.Tensor], where: str) -> None:
             raise DirectionError(f"{where}: negative layer index {i}")
 
 
-def write_canonical(ds: DirectionSet, path: str | Path) -> None:
-    """Write ``vectors/<name>.safetensors``: float32 ``layer.<i>`` tensors + string metadata.
+def canonical_bytes(ds: DirectionSet) -> bytes:
+    """The canonical file's bytes, written by hand to the safetensors layout.
 
-    safetensors sorts tensors by name and we pass sorted metadata, so the bytes are deterministic.
+    The safetensors library serialises its header from a hash map, so the same tensors and metadata
+    can come out in a different key order run to run; a published tree must be byte-identical.
+    Layout: u64 little-endian header length, JSON header (sorted keys, padded with spaces to 8 bytes),
+    then the float32 data of each tensor in layer order.
     """
-    from safetensors.torch import save_file
+    import json
+    import struct
 
-    tensors = {f"layer.{i}": ds.layers[i].to("cpu").float().contiguous() for i in ds.layer_ids}
+    header: dict[str, Any] = {"__metadata__": dict(sorted(ds.metadata().items()))}
+    blobs, offset = [], 0
+    for i in ds.layer_ids:
+        data = ds.layers[i].detach().to("cpu", torch_float32()).contiguous().numpy().astype("<f4").tobytes()
+        header[f"layer.{i}"] = {"dtype": "F32", "shape": [len(data) // 4], "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + b"".join(blobs)
+
+
+def torch_float32():
+    import torch
+
+    return torch.float32
+
+
+def write_canonical(ds: DirectionSet, path: str | Path) -> None:
+    """Write ``vectors/<name>.safetensors``: float32 ``layer.<i>`` tensors + string metadata."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata=dict(sorted(ds.metadata().items())))
+    path.write_bytes(canonical_bytes(ds))
 
 
 def read_canonical(path: str | Path, display: str | None = None) -> DirectionSet:

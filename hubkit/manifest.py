@@ -275,8 +275,11 @@ def parse_manifest(text: str, where: str = MANIFEST_NAME) -> Manifest:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        ctx = getattr(e, "context_mark", None)
         loc = f"{where}:{mark.line + 1}" if mark else where
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        if ctx is not None and mark is not None and ctx.line != mark.line and getattr(e, "context", None):
+            problem += f" ({e.context} started on line {ctx.line + 1})"
         raise ManifestError(f"{loc}: unreadable YAML: {problem}") from e
     p = _Parser(where, _Lines(node))
     if data is None:

@@ -120,13 +120,9 @@ def canonical_path(name: str) -> str:
 
 
 def _canonical_bytes(run: Run) -> dict[str, bytes]:
-    from safetensors.torch import save
+    from .directions import canonical_bytes
 
-    out = {}
-    for ds in run.directions:
-        tensors = {f"layer.{i}": ds.layers[i].float().contiguous() for i in ds.layer_ids}
-        out[canonical_path(ds.name)] = save(tensors, metadata=dict(sorted(ds.metadata().items())))
-    return out
+    return {canonical_path(ds.name): canonical_bytes(ds) for ds in run.directions}
 
 
 def direction_entries(run: Run) -> list[dict[str, Any]]:

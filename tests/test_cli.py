@@ -1,0 +1,84 @@
+"""The CLI surface of the foundation: exit codes, one-line errors, --debug, staging, light imports."""
+
+import subprocess
+import sys
+
+from click.testing import CliRunner
+
+from hubkit.cli import main
+
+from .helpers import copy_example, write_run
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_validate_ok_and_problems(tmp_path):
+    run = copy_example("refusal-abliteration", tmp_path)
+    r = invoke("validate", str(run))
+    assert r.exit_code == 0, r.output
+    assert "ok: Refusal-direction abliteration" in r.output
+    assert "direction refusal: layers 1–32 (32, hidden_states convention), d=64, selected layer 22" in r.output
+    assert "note: activations/refusal_acts.npz: left out (matches exclude)" in r.output
+    (run / "contrast_comply.jsonl").write_text('{"prompt": "x"}\n{oops}\n')
+    r = invoke("validate", str(run))
+    assert r.exit_code == 1
+    assert r.stderr.strip().splitlines() == [
+        "error: contrast_comply.jsonl:2: not valid JSON (Expecting property name enclosed in double quotes at "
+        "column 2)"]
+
+
+def test_bad_manifest_is_one_line_without_traceback(tmp_path):
+    run = write_run(tmp_path / "run", "title: t\nstatus: positive\nlayer: 3\n")
+    r = invoke("validate", str(run))
+    assert r.exit_code == 1
+    assert r.stderr == f"error: {run}/hubkit.yaml:3: unknown key 'layer' (allowed: title, status, base_model, " \
+        "repo_id, date, base_model_revision, license, tags, status_note, summary, summary_file, authors, " \
+        "compute, directions, ranking, contrast, evaluations, caveats, sections, related, weights, regenerate, " \
+        "include, exclude, allow_secrets, max_file_size_mb)\n"
+    r = invoke("--debug", "validate", str(run))
+    assert r.exit_code == 1 and "Traceback" in r.stderr and "ManifestError" in r.stderr
+
+
+def test_run_dir_that_is_a_file_or_empty(tmp_path):
+    f = tmp_path / "f.txt"
+    f.write_text("x")
+    r = invoke("validate", str(f))
+    assert r.exit_code == 1 and r.stderr == f"error: {f}: is a file, not a run directory\n"
+    (tmp_path / "empty").mkdir()
+    r = invoke("publish", str(tmp_path / "empty"), "--out", str(tmp_path / "out"))
+    assert r.exit_code == 1 and "no manifest (the directory is empty)" in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_usage_errors_exit_2(tmp_path):
+    r = invoke("validate")
+    assert r.exit_code == 2
+    r = invoke("frobnicate")
+    assert r.exit_code == 2
+
+
+def test_publish_out_stages(tmp_path, monkeypatch):
+    monkeypatch.setenv("HUBKIT_CACHE", str(tmp_path / "cache"))
+    run = copy_example("persona-vector", tmp_path)
+    r = invoke("publish", str(run), "--out", str(tmp_path / "build"))
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "build" / "vectors" / "persona.safetensors").is_file()
+    assert (tmp_path / "build" / "vectors" / "persona_dir.pt").is_file()
+
+
+def test_init_command(tmp_path):
+    run = copy_example("persona-vector", tmp_path)
+    (run / "hubkit.yaml").unlink()
+    r = invoke("init", str(run))
+    assert r.exit_code == 0 and "fill in 4 field(s) marked TODO: status, base_model" in r.output
+    r = invoke("init", str(run))
+    assert r.exit_code == 1 and "already exists (use --force to overwrite)" in r.stderr
+
+
+def test_help_does_not_import_torch():
+    code = ("import sys\nfrom hubkit.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in ('torch', 'transformers', 'pandas', 'scipy', 'datasets', 'huggingface_hub')"
+            " if m in sys.modules]\nassert not heavy, heavy\n")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)

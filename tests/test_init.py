@@ -1,0 +1,93 @@
+"""`hubkit init` on each example run with its manifest removed: the draft validates once filled."""
+
+import re
+
+import pytest
+
+from hubkit.discover import draft_manifest, write_draft
+from hubkit.errors import ManifestError
+from hubkit.manifest import parse_manifest
+from hubkit.run import validate_run
+
+from .helpers import EXAMPLES, copy_example
+
+FILL = {"status": "null-result", "base_model": "Qwen/Qwen3.5-4B", "layer": "22", "name": "terminal-bench-2",
+        "baseline": "base"}
+
+
+def fill(text: str) -> str:
+    """Replace every TODO value the way an author would."""
+    def repl(m: re.Match) -> str:
+        return f"{m.group(1)}{m.group(2)}: {FILL[m.group(2)]}"
+    return re.sub(r"^(\s*-?\s*)(\w+): TODO\b", repl, text, flags=re.M)
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_init_drafts_a_manifest_that_validates_once_filled(name, tmp_path):
+    run = copy_example(name, tmp_path)
+    original = (run / "hubkit.yaml").read_text()
+    (run / "hubkit.yaml").unlink()
+    path, todo = write_draft(run)
+    draft = path.read_text()
+    assert "status" in todo and draft.count("TODO") >= len(todo)
+    with pytest.raises(ManifestError, match="TODO"):  # unfilled: refused
+        validate_run(run)
+    (run / "hubkit.yaml").write_text(fill(draft))
+    report = validate_run(run)
+    assert report.ok, report.problems
+    found = report.run
+    author = parse_manifest(original)
+    assert [d.file for d in found.manifest.directions] == [d.file for d in author.directions]
+    assert sorted(c.file for c in found.contrasts) == sorted(c.file for c in author.contrast)
+    assert found.manifest.ranking == author.ranking
+    per_task = sorted(a.per_task for e in author.evaluations for a in e.arms if a.per_task)
+    assert sorted(a.per_task_file for e in found.evaluations for a in e.arms) == per_task
+
+
+def test_init_manifest_error_before_fill(tmp_path):
+    run = copy_example("persona-vector", tmp_path)
+    (run / "hubkit.yaml").unlink()
+    write_draft(run)
+    problems = []
+    try:
+        validate_run(run)
+    except ManifestError as e:
+        problems.append(str(e))
+    assert problems and re.search(r"hubkit.yaml:\d+: status is 'TODO'", problems[0])
+
+
+def test_init_finds_everything_in_the_refusal_run(tmp_path):
+    run = copy_example("refusal-abliteration", tmp_path)
+    (run / "hubkit.yaml").unlink()
+    text, todo = draft_manifest(run)
+    assert 'file: "vectors/refusal_dir.pt"' in text and "layer_convention: hidden_states" in text
+    assert '{file: "contrast_comply.jsonl", label: "comply"}' in text
+    assert '{file: "contrast_refuse.jsonl", label: "refuse"}' in text
+    assert 'per_task: "results/fullpar_20260515_055509/master_summary.csv"' in text
+    assert 'baseline: "base"' in text and 'summary_file: "RESULTS.md"' in text
+    assert todo == ["status", "base_model", "directions[0].layer", "evaluations[0].name"]
+
+
+def test_init_weights_folder_and_base_model(tmp_path):
+    run = tmp_path / "run"
+    (run / "abliterated_model").mkdir(parents=True)
+    (run / "abliterated_model" / "config.json").write_text('{"_name_or_path": "Qwen/Qwen3.5-4B"}')
+    (run / "abliterated_model" / "model.safetensors").write_bytes(b"\0" * 8)
+    (run / "vectors").mkdir()
+    import torch
+
+    torch.save(torch.ones(4), run / "vectors" / "x_dir.pt")
+    text, todo = draft_manifest(run)
+    assert 'weights: {path: "abliterated_model/", publish: false}' in text
+    assert 'regenerate: {direction: "x"' in text and 'base_model: "Qwen/Qwen3.5-4B"' in text
+    assert "base_model" not in todo
+
+
+def test_init_never_overwrites_without_force(tmp_path):
+    run = copy_example("persona-vector", tmp_path)
+    before = (run / "hubkit.yaml").read_text()
+    with pytest.raises(ManifestError, match="already exists \\(use --force to overwrite\\)"):
+        write_draft(run)
+    assert (run / "hubkit.yaml").read_text() == before
+    write_draft(run, force=True)
+    assert (run / "hubkit.yaml").read_text() != before
