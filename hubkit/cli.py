@@ -107,5 +107,40 @@ def publish(run_dir: Path, out: Path | None, template_dir: Path | None) -> None:
     click.echo(f"staged {len(result.files)} files ({_human(result.total_size)}) in {out}")
 
 
+
+@main.group()
+def export() -> None:
+    """Export a published direction for other runtimes."""
+
+
+@export.command("gguf")
+@click.argument("repo_or_dir")
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="The .gguf file to write.")
+@click.option("--layers", help="Layers in the run's convention: 22, 10-20 or 4,8,12 (default: the selected layer).")
+@click.option("--scale", type=float, default=1.0, show_default=True, help="Multiply the vectors by this.")
+@click.option("--name", help="Which direction, when the run has several.")
+@click.option("--revision", help="Tag, branch or commit of a Hub repo.")
+def export_gguf_command(repo_or_dir: str, out: Path, layers: str | None, scale: float, name: str | None,
+                        revision: str | None) -> None:
+    """Write a llama.cpp control vector (--control-vector-scaled FILE.gguf S) from REPO_OR_DIR."""
+    from .gguf_export import export_gguf, gguf_summary
+
+    click.echo(gguf_summary(export_gguf(repo_or_dir, out, layers=layers, scale=scale, name=name,
+                                        revision=revision)))
+
+
+@main.command("pull")
+@click.argument("repo")
+@click.option("--revision", help="Tag (e.g. v2), branch or commit; default: main.")
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Directory to download into.")
+def pull_command(repo: str, revision: str | None, out: Path) -> None:
+    """Download a published run to inspect or re-publish it."""
+    from .loading import pull
+
+    res = pull(repo, revision=revision, out=out)
+    click.echo(f"pulled {repo}@{res.commit[:12]} ({len(res.files)} files) into {res.path}")
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -226,7 +226,6 @@ def _layer_key(key: Any, where: str) -> int:
 
 
 def _to_layers(obj: Any, layer: int | None, where: str) -> dict[int, torch.Tensor]:
-    import torch
 
     if isinstance(obj, dict):
         if not obj:

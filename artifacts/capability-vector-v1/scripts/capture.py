@@ -1,6 +1,7 @@
 """capture: step of the capability-vector v1 pipeline (see RESULTS.md)."""
 import argparse
 
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--layer", type=int, default=22)

@@ -1,0 +1,550 @@
+"""Everything that talks to the Hub, always through ``huggingface_hub.HfApi`` (no hand-written HTTP).
+
+Three jobs, kept apart so that a dry run is the same code as a publish minus the last step:
+
+* :meth:`Hub.read_state` reads what is there: the branch head, the tags, the tree (with LFS sha256s) and
+  the previous ``hubkit.json`` (downloaded and parsed as JSON, never unpickled);
+* :func:`diff_package` compares a built package with that state: files to add, change and delete, and
+  the ones already there (same sha256 as the remote LFS oid, or the same git blob id), which are
+  neither hashed again by the client nor uploaded again;
+* :meth:`Hub.commit` and :meth:`Hub.tag` write: one commit whose ``parent_commit`` is the head that was
+  read (a concurrent publisher makes it fail instead of being overwritten), then the ``vN`` tag.
+
+Every call goes through :meth:`Hub.call`: a bounded retry with exponential back-off on 5xx, 429 and
+network errors, and a one-line :class:`~hubkit.errors.HubError` for everything else (auth, missing repo,
+permission). A commit whose answer got lost is not blindly retried: the head is read again and, if it
+moved, ``hubkit.json`` at the new head says whether it is our commit (done) or someone else's (stop).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .errors import HubError
+from .package import CARD, HUBKIT_JSON, Package, PackageFile
+
+if TYPE_CHECKING:
+    from huggingface_hub import HfApi
+
+T = TypeVar("T")
+
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+VERSION_RE = re.compile(r"^v(\d+)$")
+MAX_JSON_BYTES = 64 * 1024 * 1024  # a hubkit.json larger than this is not ours
+MAX_README_BYTES = 4 * 1024 * 1024
+LOGIN_HINT = "run `hf auth login` or set HF_TOKEN"
+
+
+# --------------------------------------------------------------------------- remote state
+
+
+@dataclass
+class RemoteFile:
+    path: str
+    size: int
+    blob_id: str  # git oid (of the LFS pointer for LFS files)
+    sha256: str | None = None  # LFS oid: the sha256 of the content
+
+
+@dataclass
+class RemoteState:
+    """What the target repo holds at the moment a publish looked: the base of its plan."""
+
+    repo_id: str
+    repo_type: str = "model"
+    branch: str = "main"
+    exists: bool = False
+    branch_exists: bool = False
+    head: str | None = None  # the commit the plan is based on (main's head for a branch to be created)
+    tags: dict[str, str] = field(default_factory=dict)  # tag name -> commit
+    files: dict[str, RemoteFile] = field(default_factory=dict)
+    meta: dict[str, Any] | None = None  # the previous hubkit.json
+    readme: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def owned(self) -> set[str]:
+        """Paths an earlier hubkit publish put there: the only ones hubkit may ever delete."""
+        owned = (self.meta or {}).get("owned") or []
+        return {p for p in owned if isinstance(p, str)}
+
+    @property
+    def previous_version(self) -> str | None:
+        v = (self.meta or {}).get("version")
+        return v if isinstance(v, str) else None
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        h = (self.meta or {}).get("history") or []
+        return [dict(e) for e in h if isinstance(e, dict) and isinstance(e.get("version"), str)]
+
+    def next_version(self) -> str:
+        """The highest ``vN`` among the tags and the last hubkit.json, plus one."""
+        numbers = [int(m.group(1)) for t in self.tags if (m := VERSION_RE.match(t))]
+        if self.previous_version and (m := VERSION_RE.match(self.previous_version)):
+            numbers.append(int(m.group(1)))
+        return f"v{max(numbers, default=0) + 1}"
+
+    def missing_tag(self) -> str | None:
+        """The version the head's hubkit.json claims but no tag marks (a lost tag, or a merged PR)."""
+        v = self.previous_version
+        return v if v and VERSION_RE.match(v) and v not in self.tags else None
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclass
+class FileChange:
+    path: str
+    size: int
+    kind: str
+    old_size: int | None = None
+
+
+@dataclass
+class PublishPlan:
+    """The commit a publish would make, before anything is written (what ``--dry-run`` prints)."""
+
+    repo_id: str
+    repo_type: str
+    branch: str
+    version: str
+    parent: str | None
+    create_repo: bool
+    create_branch: bool
+    create_pr: bool
+    private: bool
+    adds: list[FileChange] = field(default_factory=list)
+    changes: list[FileChange] = field(default_factory=list)
+    deletes: list[FileChange] = field(default_factory=list)
+    unchanged: list[FileChange] = field(default_factory=list)
+    summary: str = ""
+    card: str = ""
+    nothing_changed: bool = False
+    current_version: str | None = None  # the version already there when nothing changed
+    tag_missing: str | None = None  # a version to tag without committing (repair)
+    notes: list[str] = field(default_factory=list)
+    dataset: DatasetPlanView | None = None
+
+    @property
+    def upload_bytes(self) -> int:
+        return sum(f.size for f in self.adds + self.changes)
+
+    def render(self) -> str:
+        """Human-readable plan: files to add, change and delete with sizes, the version, the card."""
+        lines = []
+        where = f"{self.repo_id}@{self.branch}"
+        if self.nothing_changed:
+            lines.append(f"{where}: nothing changed; {self.current_version} is current")
+            if self.tag_missing:
+                lines.append(f"would tag {self.tag_missing} (its commit is there, the tag is missing)")
+        else:
+            what = "open a pull request with" if self.create_pr else "commit"
+            lines.append(f"{where}: would {what} {self.version}"
+                         + (f" on top of {self.parent[:12]}" if self.parent else ""))
+            if self.create_repo:
+                lines.append(f"would create the {'private ' if self.private else ''}{self.repo_type} repo "
+                             f"{self.repo_id}")
+            if self.create_branch:
+                lines.append(f"would create branch {self.branch} from main")
+            lines.append(f"summary: {self.summary}")
+            for sign, items in (("+", self.adds), ("~", self.changes), ("-", self.deletes)):
+                for f in items:
+                    size = _human(f.size) if sign != "-" else f"was {_human(f.size)}"
+                    lines.append(f"  {sign} {f.path} ({size})")
+            lines.append(f"  = {len(self.unchanged)} unchanged file(s) stay as they are")
+            lines.append(f"{len(self.adds)} to add, {len(self.changes)} to change, {len(self.deletes)} to delete; "
+                         f"{_human(self.upload_bytes)} to upload at most")
+        for n in self.notes:
+            lines.append(f"note: {n}")
+        if self.dataset is not None:
+            lines.extend(self.dataset.lines())
+        if self.card:
+            lines += ["", "----- README.md -----", self.card.rstrip("\n"), "----- end of README.md -----"]
+        return "\n".join(lines)
+
+
+@dataclass
+class DatasetPlanView:
+    """The companion dataset's part of a plan (filled by :mod:`hubkit.dataset`)."""
+
+    repo_id: str
+    configs: list[str]
+    adds: list[FileChange] = field(default_factory=list)
+    changes: list[FileChange] = field(default_factory=list)
+    deletes: list[FileChange] = field(default_factory=list)
+    create_repo: bool = False
+
+    @property
+    def nothing_changed(self) -> bool:
+        return not (self.adds or self.changes or self.deletes)
+
+    def lines(self) -> list[str]:
+        head = f"companion dataset {self.repo_id} ({len(self.configs)} config(s): {', '.join(self.configs)})"
+        if self.nothing_changed:
+            return [f"{head}: unchanged"]
+        out = [f"{head}:" + (" would create the repo" if self.create_repo else "")]
+        for sign, items in (("+", self.adds), ("~", self.changes), ("-", self.deletes)):
+            out += [f"  {sign} {f.path} ({_human(f.size)})" for f in items]
+        return out
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def git_blob_sha1(pf: PackageFile) -> str:
+    """The git oid the Hub reports for a regular (non-LFS) file; streamed for files on disk."""
+    h = hashlib.sha1(f"blob {pf.size}\0".encode())
+    if pf.data is not None:
+        h.update(pf.data)
+    else:
+        with open(pf.source, "rb") as fh:  # type: ignore[arg-type]
+            while chunk := fh.read(8 * 1024 * 1024):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def same_content(pf: PackageFile, remote: RemoteFile | None) -> bool:
+    """True when the remote file already holds these bytes: LFS by sha256, regular files by git oid."""
+    if remote is None or remote.size != pf.size:
+        return False
+    if remote.sha256 is not None:
+        return remote.sha256 == pf.sha256
+    return remote.blob_id == git_blob_sha1(pf)
+
+
+def diff_package(package: Package, state: RemoteState) -> tuple[list[FileChange], list[FileChange],
+                                                                 list[FileChange], list[FileChange]]:
+    """(adds, changes, deletes, unchanged). Deletes are limited to what an earlier hubkit publish owned."""
+    adds, changes, unchanged = [], [], []
+    for pf in package.files:
+        remote = state.files.get(pf.path)
+        if remote is None:
+            adds.append(FileChange(pf.path, pf.size, pf.kind))
+        elif same_content(pf, remote):
+            unchanged.append(FileChange(pf.path, pf.size, pf.kind, remote.size))
+        else:
+            changes.append(FileChange(pf.path, pf.size, pf.kind, remote.size))
+    new_paths = {pf.path for pf in package.files}
+    deletes = [FileChange(p, state.files[p].size, "deleted") for p in sorted(state.owned)
+               if p in state.files and p not in new_paths and p != ".gitattributes"]
+    return adds, changes, deletes, unchanged
+
+
+# --------------------------------------------------------------------------- errors and retries
+
+
+def _chain(e: BaseException) -> list[BaseException]:
+    out: list[BaseException] = []
+    cur: BaseException | None = e
+    while cur is not None and cur not in out and len(out) < 10:
+        out.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    return out
+
+
+def _status(e: BaseException) -> int | None:
+    for x in _chain(e):
+        resp = getattr(x, "response", None)
+        code = getattr(resp, "status_code", None)
+        if isinstance(code, int):
+            return code
+    return None
+
+
+def is_transient(e: BaseException) -> bool:
+    """5xx / 429 / 408 answers and network failures (refused, reset, timed out, cut mid-response)."""
+    import httpx2
+
+    status = _status(e)
+    if status is not None:
+        return status in RETRY_STATUSES
+    return any(isinstance(x, (httpx2.TransportError, ConnectionError, TimeoutError)) for x in _chain(e))
+
+
+def is_stale(e: BaseException) -> bool:
+    """The Hub's answer to a ``parent_commit`` that is no longer the head."""
+    return _status(e) == 412
+
+
+def _server_message(e: BaseException) -> str:
+    for x in _chain(e):
+        msg = getattr(x, "server_message", None)
+        if msg:
+            return str(msg).strip().splitlines()[0]
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def _has_token(api: HfApi) -> bool:
+    if api.token is False:
+        return False
+    if isinstance(api.token, str) and api.token:
+        return True
+    from huggingface_hub import get_token
+
+    return bool(get_token())
+
+
+def hub_error(e: BaseException, what: str, repo_id: str, api: HfApi, attempts: int = 1) -> HubError:
+    """One line a user can act on, from whatever the client raised."""
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    status = _status(e)
+    if any(isinstance(x, RevisionNotFoundError) for x in _chain(e)):
+        return HubError(f"{what}: revision not found in {repo_id} ({_server_message(e)})")
+    if any(isinstance(x, RepositoryNotFoundError) for x in _chain(e)):
+        if not _has_token(api):
+            return HubError(f"{what}: repo {repo_id} not found, or private and you are not logged in: {LOGIN_HINT}")
+        return HubError(f"{what}: repo {repo_id} not found, or your token cannot see it")
+    if status == 401:
+        return HubError(f"{what}: not logged in or token invalid: {LOGIN_HINT}")
+    if status == 403:
+        owner = repo_id.split("/", 1)[0]
+        return HubError(f"{what}: no permission to write to {repo_id} (the token needs write access to '{owner}'; "
+                        f"{LOGIN_HINT} with such a token)")
+    tries = f" after {attempts} tries" if attempts > 1 else ""
+    if status is not None:
+        return HubError(f"{what}: the Hub answered {status}{tries}: {_server_message(e)}")
+    if is_transient(e):
+        from huggingface_hub import constants
+
+        return HubError(f"{what}: network error talking to {api.endpoint or constants.ENDPOINT}{tries}: "
+                        f"{_server_message(e)}")
+    return HubError(f"{what}: {_server_message(e)}")
+
+
+def _env_float(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+class Hub:
+    """A thin layer over ``HfApi``: retries, one-line errors, and the reads/writes a publish needs."""
+
+    def __init__(self, api: HfApi | None = None, *, retries: int | None = None, wait: float | None = None):
+        from huggingface_hub import HfApi
+
+        self.api = api or HfApi()
+        # HUBKIT_RETRIES / HUBKIT_RETRY_WAIT tune the back-off (tests make it instant)
+        self.retries = max(1, retries if retries is not None else int(_env_float("HUBKIT_RETRIES", 4)))
+        self.wait = wait if wait is not None else _env_float("HUBKIT_RETRY_WAIT", 1.0)
+        self.slept: list[float] = []
+
+    def _sleep(self, attempt: int) -> None:
+        delay = min(self.wait * 2 ** (attempt - 1), 30.0)
+        self.slept.append(delay)
+        time.sleep(delay)
+
+    def call(self, what: str, repo_id: str, fn: Callable[..., T], *args: Any,
+             passthrough: tuple[type[BaseException], ...] = (), **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` retried on transient failures; other failures become a :class:`HubError`
+        (except ``passthrough`` types, which the caller handles)."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return fn(*args, **kwargs)
+            except HubError:
+                raise
+            except passthrough:
+                raise
+            except Exception as e:  # noqa: BLE001 - classified below, re-raised as one line
+                if is_transient(e) and attempt < self.retries:
+                    self._sleep(attempt)
+                    continue
+                if _status(e) is None and not is_transient(e) and not _is_hub_exception(e):
+                    raise  # a bug, not a Hub failure: keep the traceback
+                raise hub_error(e, what, repo_id, self.api, attempt) from e
+
+    # ----------------------------------------------------------------------- reading
+
+    def url(self, repo_id: str, repo_type: str = "model") -> str:
+        from huggingface_hub import constants
+
+        prefix = {"dataset": "datasets/", "space": "spaces/"}.get(repo_type, "")
+        return f"{(self.api.endpoint or constants.ENDPOINT).rstrip('/')}/{prefix}{repo_id}"
+
+    def read_state(self, repo_id: str, *, branch: str = "main", repo_type: str = "model") -> RemoteState:
+        """Head, tags, tree and previous hubkit.json of ``repo_id`` (an absent repo is an empty state)."""
+        from huggingface_hub.errors import RepositoryNotFoundError
+
+        state = RemoteState(repo_id=repo_id, repo_type=repo_type, branch=branch)
+        what = f"reading {repo_id}"
+        try:
+            refs = self.call(what, repo_id, self.api.list_repo_refs, repo_id, repo_type=repo_type,
+                             passthrough=(RepositoryNotFoundError,))
+        except RepositoryNotFoundError as e:
+            if _status(e) == 401 and not _has_token(self.api):
+                raise hub_error(e, what, repo_id, self.api) from e
+            return state  # not there (or invisible to us: create_repo will say which)
+        state.exists = True
+        branches = {b.name: b.target_commit for b in refs.branches}
+        state.tags = {t.name: t.target_commit for t in refs.tags}
+        state.branch_exists = branch in branches
+        state.head = branches.get(branch) or branches.get("main")
+        if state.head is None:
+            return state  # an empty repo
+        tree = self.call(what, repo_id, lambda: list(self.api.list_repo_tree(
+            repo_id, recursive=True, revision=state.head, repo_type=repo_type)))
+        for entry in tree:
+            if hasattr(entry, "blob_id"):
+                lfs = getattr(entry, "lfs", None)
+                state.files[entry.path] = RemoteFile(entry.path, entry.size, entry.blob_id,
+                                                     lfs.sha256 if lfs else None)
+        meta_file = state.files.get(HUBKIT_JSON)
+        if meta_file is not None:
+            state.meta = self._read_meta(repo_id, state, meta_file)
+        readme = state.files.get(CARD)
+        if readme is not None and readme.size <= MAX_README_BYTES:
+            raw = self.download(repo_id, CARD, revision=state.head, repo_type=repo_type).read_bytes()
+            state.readme = raw.decode("utf-8", errors="replace")
+        return state
+
+    def _read_meta(self, repo_id: str, state: RemoteState, meta_file: RemoteFile) -> dict[str, Any] | None:
+        if meta_file.size > MAX_JSON_BYTES:
+            state.notes.append(f"{HUBKIT_JSON} on the Hub is {_human(meta_file.size)}: not hubkit's; "
+                               f"treating this as a first publish (nothing will be deleted)")
+            return None
+        path = self.download(repo_id, HUBKIT_JSON, revision=state.head, repo_type=state.repo_type)
+        try:
+            meta = json.loads(path.read_text(encoding="utf-8"))  # JSON only: a download is never unpickled
+        except (ValueError, UnicodeDecodeError):
+            meta = None
+        if not isinstance(meta, dict):
+            state.notes.append(f"{HUBKIT_JSON} on the Hub is not valid hubkit JSON; treating this as a first "
+                               f"publish (nothing will be deleted)")
+            return None
+        return meta
+
+    def download(self, repo_id: str, filename: str, *, revision: str | None, repo_type: str = "model") -> Path:
+        return Path(self.call(f"downloading {filename} from {repo_id}", repo_id, self.api.hf_hub_download,
+                              repo_id, filename, revision=revision, repo_type=repo_type))
+
+    def head_of(self, repo_id: str, branch: str, repo_type: str = "model") -> str | None:
+        refs = self.call(f"reading {repo_id}", repo_id, self.api.list_repo_refs, repo_id, repo_type=repo_type)
+        return next((b.target_commit for b in refs.branches if b.name == branch), None)
+
+    def tags(self, repo_id: str, repo_type: str = "model") -> dict[str, str]:
+        refs = self.call(f"reading {repo_id}", repo_id, self.api.list_repo_refs, repo_id, repo_type=repo_type)
+        return {t.name: t.target_commit for t in refs.tags}
+
+    # ----------------------------------------------------------------------- writing
+
+    def ensure_repo(self, repo_id: str, *, private: bool, repo_type: str = "model") -> None:
+        self.call(f"creating {repo_id}", repo_id, self.api.create_repo, repo_id, private=private,
+                  repo_type=repo_type, exist_ok=True)
+
+    def ensure_branch(self, repo_id: str, branch: str, *, start: str | None, repo_type: str = "model") -> None:
+        self.call(f"creating branch {branch} in {repo_id}", repo_id, self.api.create_branch, repo_id,
+                  branch=branch, revision=start, repo_type=repo_type, exist_ok=True)
+
+    def commit(
+        self,
+        repo_id: str,
+        operations: list[Any],
+        *,
+        message: str,
+        description: str = "",
+        parent: str | None,
+        branch: str,
+        repo_type: str = "model",
+        create_pr: bool = False,
+        marker_sha256: str | None = None,
+    ) -> tuple[str, str | None]:
+        """Upload, then make one commit on ``branch`` on top of ``parent``; returns (commit, PR url).
+
+        LFS uploads are retried on their own (the LFS batch API skips objects that already arrived, so a
+        retry, or a re-run after a failure, does not send them again). The commit itself is retried only
+        while the branch still points at ``parent``; if it moved, ``marker_sha256`` (the sha256 of our
+        hubkit.json) tells our own commit, whose answer was lost, from someone else's.
+        """
+        from huggingface_hub import CommitOperationAdd
+
+        adds = [op for op in operations if isinstance(op, CommitOperationAdd)]
+        if adds:
+            self.call(f"uploading to {repo_id}", repo_id, self.api.preupload_lfs_files, repo_id, additions=adds,
+                      repo_type=repo_type, revision=branch, create_pr=create_pr, free_memory=False)
+        what = f"committing to {repo_id}@{branch}"
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                info = self.api.create_commit(repo_id, operations, commit_message=message,
+                                              commit_description=description, repo_type=repo_type,
+                                              revision=branch, create_pr=create_pr, parent_commit=parent)
+                return info.oid, info.pr_url
+            except Exception as e:  # noqa: BLE001 - classified below
+                if is_stale(e):
+                    raise stale_error(repo_id, parent) from e
+                if not is_transient(e):
+                    if _status(e) is None and not _is_hub_exception(e):
+                        raise
+                    raise hub_error(e, what, repo_id, self.api, attempt) from e
+                if create_pr or attempt >= self.retries:
+                    # a PR commit can't be told apart from a duplicate: stop rather than open two
+                    raise hub_error(e, what, repo_id, self.api, attempt) from e
+                head = self.head_of(repo_id, branch, repo_type)
+                if head != parent:
+                    if head and marker_sha256 and self._is_ours(repo_id, head, marker_sha256, repo_type):
+                        return head, None
+                    raise stale_error(repo_id, parent) from e
+                self._sleep(attempt)
+
+    def _is_ours(self, repo_id: str, commit: str, marker_sha256: str, repo_type: str) -> bool:
+        try:
+            data = self.download(repo_id, HUBKIT_JSON, revision=commit, repo_type=repo_type).read_bytes()
+        except HubError:
+            return False
+        return hashlib.sha256(data).hexdigest() == marker_sha256
+
+    def tag(self, repo_id: str, version: str, commit: str, *, repo_type: str = "model",
+            message: str | None = None) -> None:
+        """Tag ``commit`` as ``version``; a tag that already points there (a lost answer) is fine."""
+        what = f"tagging {version} in {repo_id}"
+        try:
+            self.call(what, repo_id, self.api.create_tag, repo_id, tag=version, revision=commit,
+                      repo_type=repo_type, tag_message=message)
+        except HubError as e:
+            if _status(e.__cause__) != 409:  # type: ignore[arg-type]
+                raise
+            where = self.tags(repo_id, repo_type).get(version)
+            if where != commit:
+                raise HubError(f"{what}: tag {version} already exists at {str(where)[:12]}, not at the new "
+                               f"commit {commit[:12]}") from e
+
+
+def _is_hub_exception(e: BaseException) -> bool:
+    from huggingface_hub.errors import HfHubHTTPError
+
+    return any(isinstance(x, HfHubHTTPError) for x in _chain(e))
+
+
+def stale_error(repo_id: str, parent: str | None) -> HubError:
+    since = parent[:12] if parent else "it was read"
+    return HubError(f"the repo changed since {since} (someone else published to {repo_id}); nothing was "
+                    f"committed: re-run to publish on top of it")
+
+
+def load_json_bytes(data: bytes) -> Any:
+    """Parse downloaded metadata as JSON (never pickle); ``None`` if it isn't JSON."""
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return None
