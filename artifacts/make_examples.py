@@ -106,11 +106,13 @@ def capability(root: Path) -> None:
             """{s}: step of the capability-vector v1 pipeline (see RESULTS.md)."""
             import argparse
 
+
             def main() -> None:
                 p = argparse.ArgumentParser()
                 p.add_argument("--layer", type=int, default=22)
                 p.add_argument("--alpha", type=float, default=4.0)
                 print(p.parse_args())
+
 
             if __name__ == "__main__":
                 main()
@@ -223,6 +225,7 @@ def refusal(root: Path) -> None:
             def main() -> None:
                 print("{s}")
 
+
             if __name__ == "__main__":
                 main()
             ''')
@@ -329,6 +332,7 @@ def persona(root: Path) -> None:
 
             def main() -> None:
                 print("{s}")
+
 
             if __name__ == "__main__":
                 main()

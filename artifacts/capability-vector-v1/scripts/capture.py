@@ -8,5 +8,6 @@ def main() -> None:
     p.add_argument("--alpha", type=float, default=4.0)
     print(p.parse_args())
 
+
 if __name__ == "__main__":
     main()

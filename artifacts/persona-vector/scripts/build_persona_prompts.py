@@ -3,5 +3,6 @@
 def main() -> None:
     print("build_persona_prompts")
 
+
 if __name__ == "__main__":
     main()

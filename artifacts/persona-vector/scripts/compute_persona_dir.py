@@ -3,5 +3,6 @@
 def main() -> None:
     print("compute_persona_dir")
 
+
 if __name__ == "__main__":
     main()

@@ -3,5 +3,6 @@
 def main() -> None:
     print("abliterate")
 
+
 if __name__ == "__main__":
     main()

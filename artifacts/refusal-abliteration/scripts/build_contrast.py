@@ -3,5 +3,6 @@
 def main() -> None:
     print("build_contrast")
 
+
 if __name__ == "__main__":
     main()

@@ -3,5 +3,6 @@
 def main() -> None:
     print("capture_refusal")
 
+
 if __name__ == "__main__":
     main()

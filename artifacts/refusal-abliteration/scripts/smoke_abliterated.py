@@ -3,5 +3,6 @@
 def main() -> None:
     print("smoke_abliterated")
 
+
 if __name__ == "__main__":
     main()
