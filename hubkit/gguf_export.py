@@ -20,7 +20,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .directions import to_block_index
+from .directions import _span, to_block_index
 from .errors import PlanError
 from .loading import LoadedDirections, load_directions
 
@@ -39,11 +39,8 @@ def gguf_layer(layer: int, convention: str) -> int:
     return n
 
 
-def parse_layers(spec: str) -> list[int] | None:
-    """``"10-20"``, ``"22"``, ``"4,8,12-14"`` → sorted layer list; ``"all"`` → None (every layer)."""
-    spec = spec.strip()
-    if spec.lower() == "all":
-        return None
+def parse_layers(spec: str) -> list[int]:
+    """``"10-20"``, ``"22"``, ``"4,8,12-14"`` → sorted layer list (inclusive ranges)."""
     out: set[int] = set()
     try:
         for part in spec.split(","):
@@ -59,7 +56,7 @@ def parse_layers(spec: str) -> list[int] | None:
             else:
                 raise ValueError
     except ValueError:
-        raise PlanError(f"--layers '{spec}': use N, A-B, a comma list of those, or 'all'") from None
+        raise PlanError(f"--layers '{spec}': use N, A-B or a comma list of those (e.g. 10-20)") from None
     return sorted(out)
 
 
@@ -74,9 +71,9 @@ def export_gguf(
     """Write a llama.cpp control vector for one direction and return its path.
 
     ``layers`` are in the run's layer convention (as hubkit shows them); the default is the run's
-    selected layer, which is what the card recommends steering at (``"all"`` exports every layer, which
-    adds the direction at each of them). Values are ``scale * r``; llama.cpp then multiplies by the
-    ``--control-vector-scaled`` factor.
+    selected layer, which is what the card recommends steering at; several layers add the direction at
+    each of them. Values are ``scale * r``; llama.cpp then multiplies by the ``--control-vector-scaled``
+    factor.
     """
     import gguf
     import numpy as np
@@ -85,20 +82,20 @@ def export_gguf(
         repo_or_dir, name=name, revision=revision)
     if isinstance(layers, str):
         layers = parse_layers(layers)
-        wanted = ds.layer_ids if layers is None else layers
-    elif layers is None:
+    where = f"{ds.name} ({ds.repo_id or ds.path})"
+    if layers is None:
         if ds.selected_layer is None:
-            raise PlanError(f"{ds.describe()}: no selected layer; pass --layers (e.g. --layers "
+            raise PlanError(f"{where}: no selected layer; pass --layers (e.g. --layers "
                             f"{ds.layer_ids[0]}-{ds.layer_ids[-1]})")
         wanted = [ds.selected_layer]
     else:
         wanted = sorted(set(layers))
     if not wanted:
-        raise PlanError(f"{ds.describe()}: no layers to export")
+        raise PlanError(f"{where}: no layers to export")
     missing = [i for i in wanted if i not in ds.layers]
     if missing:
-        raise PlanError(f"{ds.describe()}: no layer {', '.join(map(str, missing))} ({ds.layer_convention} "
-                        f"convention); has {ds.layer_ids[0]}–{ds.layer_ids[-1]}")
+        raise PlanError(f"{where}: no layer {_span(missing)} ({ds.layer_convention} convention); "
+                        f"has {_span(ds.layer_ids)}")
     mapping = {i: gguf_layer(i, ds.layer_convention) for i in wanted}
 
     out = Path(out)
@@ -140,3 +137,21 @@ def llama_cpp_usage(gguf_name: str, strength: float = 1.0, layers: list[int] | N
     if layers:
         line += f" --control-vector-layer-range {min(layers)} {max(layers)}"
     return line
+
+
+def gguf_summary(path: str | Path) -> str:
+    """One line describing a written control vector (read back from the file, so it shows what is there)."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(path)
+
+    def field(key: str) -> str:
+        f = reader.get_field(key)
+        return str(f.contents()) if f is not None else "?"
+
+    ids = sorted(int(t.name.split(".", 1)[1]) for t in reader.tensors if t.name.startswith("direction."))
+    path = Path(path)
+    return (f"wrote {path}: {field('hubkit.direction')} layers {field('hubkit.layers')} "
+            f"({field('hubkit.layer_convention')}) as direction.{_span(ids)}, "
+            f"d={reader.tensors[0].n_elements}; "
+            f"use: {llama_cpp_usage(path.name, 1.0, ids)}")

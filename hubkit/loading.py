@@ -4,9 +4,9 @@ A hubkit repo holds ``hubkit.json`` and ``vectors/<name>.safetensors`` (see ``wr
 user needs neither ``torch.load`` nor trust in the author: nothing here ever unpickles. A repo whose
 direction exists only as a pickled ``.pt`` is refused with what to ask the author for.
 
-For a repo id, a tag or branch is resolved to a commit once (the ``hubkit.json`` download does it and
-records the ref in the HF cache); every other file is then fetched by that commit, so the files agree
-with each other even if the tag moves, and the same call works offline from the cache.
+For a repo id, a tag or branch is resolved to a commit once (``HfApi.resolve_revision``, which records
+the ref in the HF cache) and every file is fetched by that commit: the files agree with each other even
+if the tag moves meanwhile, and the same call works offline from the cache.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ HUBKIT_JSON = "hubkit.json"
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 _SAFE_SUFFIXES = (".safetensors", ".npy")  # formats that can be read without unpickling
 _PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle")
+_WEIGHT_PREFIXES = ("model", "pytorch_model", "adapter_model", "training_args", "optimizer", "rng_state")
 
 
 @dataclass
@@ -49,7 +50,8 @@ class LoadedDirections(DirectionSet):
     def describe(self) -> str:
         where = self.repo_id or str(self.path)
         at = f"@{self.commit[:12]}" if self.commit else ""
-        sel = f", selected layer {self.selected_layer} ({self.layer_convention})" if self.selected_layer is not None else ""
+        sel = "" if self.selected_layer is None else (
+            f", selected layer {self.selected_layer} ({self.layer_convention})")
         return f"{self.name} from {where}{at}: {len(self.layers)} layer(s), d={self.d}{sel}"
 
 
@@ -87,7 +89,8 @@ def load_directions(
     elif path.is_file():
         ds = read_direction_file(path, name=name, layer=layer) if path.suffix in _SAFE_SUFFIXES else None
         if ds is None:
-            raise PickleRefused(f"{path}: hubkit loads only .safetensors or .npy directions, which need no unpickling")
+            raise PickleRefused(
+                f"{path}: hubkit loads only .safetensors or .npy directions, which need no unpickling")
         return LoadedDirections(**vars(ds), path=path)
     else:
         source = _Source.hub(str(repo_or_dir), revision)
@@ -98,20 +101,25 @@ def load_directions(
     return ds
 
 
-def pull(repo_id: str, revision: str | None = None, out: str | Path = ".") -> PullResult:
-    """Download a published run into ``out`` (to inspect it or re-publish it), checked against
-    ``hubkit.json``'s sizes and sha256 where it has one."""
+def pull(repo_id: str, revision: str | None = None, *, out: str | Path) -> PullResult:
+    """Download a published run into ``out`` (a new or empty directory) to inspect or re-publish it.
+
+    The revision is resolved to a commit once and the snapshot taken at that commit; every file
+    ``hubkit.json`` lists is checked against its size and sha256. HF's ``.cache/huggingface/`` bookkeeping
+    folder stays in ``out`` (``upload_folder`` ignores it)."""
     from huggingface_hub import HfApi, snapshot_download
 
     out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        # Files left from another version would be re-published as if they belonged to this one.
+        raise HubError(f"{out}: exists and is not an empty directory; pull into a new one")
     try:
-        commit = revision if revision and _COMMIT.fullmatch(revision) else HfApi().model_info(
-            repo_id, revision=revision).sha
+        commit = str(HfApi().resolve_revision(repo_id, revision=revision).resolved)
         snapshot_download(repo_id, revision=commit, local_dir=out)
     except Exception as e:  # noqa: BLE001 - every Hub failure becomes one readable line
         raise _hub_error(e, repo_id, revision) from e
-    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*")
-                   if p.is_file() and ".cache" not in p.relative_to(out).parts)
+    files = sorted(rel for p in out.rglob("*") if p.is_file()
+                   and not (rel := p.relative_to(out).as_posix()).startswith(".cache/huggingface/"))
     meta_path = out / HUBKIT_JSON
     if meta_path.is_file():
         meta = _read_json(meta_path, f"{repo_id}: {HUBKIT_JSON}")
@@ -153,24 +161,12 @@ class _Source:
         from huggingface_hub.errors import RemoteEntryNotFoundError
 
         where = f"{repo_id}@{revision}" if revision else repo_id
-        meta_path: Path | None = None
+        api = HfApi()
         try:
-            # One request resolves the tag to a commit and records the ref in the cache; offline, the
-            # cached ref is read instead. The file lands in snapshots/<commit>/, naming the commit.
-            meta_path = Path(hf_hub_download(repo_id, HUBKIT_JSON, revision=revision))
-            commit = meta_path.parent.name
-            if not _COMMIT.fullmatch(commit):
-                commit = hf_hub_download(repo_id, HUBKIT_JSON, revision=revision, dry_run=True).commit_hash
-            siblings = None
-        except RemoteEntryNotFoundError:
-            # Not a hubkit repo: list its files to find a direction (needs the network).
-            try:
-                info = HfApi().model_info(repo_id, revision=revision)
-            except Exception as e:  # noqa: BLE001
-                raise _hub_error(e, repo_id, revision) from e
-            commit = str(info.sha)
-            siblings = sorted(s.rfilename for s in info.siblings or [])
-        except Exception as e:  # noqa: BLE001
+            # One call resolves a tag/branch to a commit and records it in the cache's refs/; offline,
+            # the recorded ref answers. Every download below is by that commit.
+            commit = str(api.resolve_revision(repo_id, revision=revision).resolved)
+        except Exception as e:  # noqa: BLE001 - every Hub failure becomes one readable line
             raise _hub_error(e, repo_id, revision) from e
 
         def fetch(rel: str) -> Path | None:
@@ -182,9 +178,12 @@ class _Source:
                 raise _hub_error(e, repo_id, revision, rel) from e
 
         def list_files() -> list[str]:
-            return siblings if siblings is not None else []
+            try:
+                return sorted(api.list_repo_files(repo_id, revision=commit))
+            except Exception as e:  # noqa: BLE001
+                raise _hub_error(e, repo_id, revision) from e
 
-        return cls(where, fetch, meta_path, list_files, repo_id, revision, commit)
+        return cls(where, fetch, fetch(HUBKIT_JSON), list_files, repo_id, revision, commit)
 
     def load(self, name: str | None, layer: int | None) -> LoadedDirections:
         if self.meta_path is not None:
@@ -210,11 +209,16 @@ class _Source:
         file_entry = next((f for f in meta.get("files") or [] if f.get("path") == rel), None)
         if file_entry:
             _verify(path, file_entry, where)
-        ds = read_canonical(path, display=where)
+        if entry.get("canonical"):
+            ds = read_canonical(path, display=where)
+        else:  # an older or hand-written hubkit.json pointing at a plain safetensors file
+            ds = read_direction_file(path, layer=entry.get("selected_layer"), display=where,
+                                     layer_convention=entry.get("layer_convention") or "block")
         declared_conv = entry.get("layer_convention")
         if declared_conv and declared_conv != ds.layer_convention:
             raise DirectionError(
-                f"{where}: layer convention '{ds.layer_convention}' disagrees with {HUBKIT_JSON} ('{declared_conv}')"
+                f"{where}: layer convention '{ds.layer_convention}' disagrees with {HUBKIT_JSON} "
+                f"('{declared_conv}')"
             )
         if ds.selected_layer is None and entry.get("selected_layer") is not None:
             ds.selected_layer = int(entry["selected_layer"])
@@ -265,7 +269,7 @@ def _pick(entries: list[dict[str, Any]], name: str | None, where: str) -> dict[s
 def _is_weights(path: str) -> bool:
     """Model checkpoints, which share suffixes with direction files but are never directions."""
     base = Path(path).name
-    return base.startswith(("model", "pytorch_model", "adapter_model", "training_args", "optimizer", "rng_state"))
+    return base.startswith(_WEIGHT_PREFIXES)
 
 
 def _pickle_refused(where: str, files: list[str]) -> PickleRefused:
@@ -300,16 +304,19 @@ def _verify(path: Path, entry: dict[str, Any], where: str) -> None:
             while chunk := fh.read(1 << 23):
                 h.update(chunk)
         if h.hexdigest() != want:
-            raise DirectionError(f"{where}: sha256 {h.hexdigest()[:12]}… differs from {HUBKIT_JSON} ({want[:12]}…)")
+            raise DirectionError(
+                f"{where}: sha256 {h.hexdigest()[:12]}… differs from {HUBKIT_JSON} ({want[:12]}…)")
 
 
 def _hub_error(e: BaseException, repo_id: str, revision: str | None, filename: str | None = None) -> HubError:
     from huggingface_hub.errors import (
         GatedRepoError,
+        HFValidationError,
         LocalEntryNotFoundError,
         OfflineModeIsEnabled,
         RepositoryNotFoundError,
         RevisionNotFoundError,
+        RevisionResolutionError,
     )
 
     where = f"{repo_id}@{revision}" if revision else repo_id
@@ -317,13 +324,16 @@ def _hub_error(e: BaseException, repo_id: str, revision: str | None, filename: s
         where += f": {filename}"
     if isinstance(e, HubError):
         return e
+    if isinstance(e, HFValidationError):
+        return HubError(f"{repo_id}: not a local directory or file, and not a valid Hub repo id (owner/name)")
     if isinstance(e, GatedRepoError):
         return HubError(f"{where}: gated repo; accept its terms on the Hub and set HF_TOKEN")
     if isinstance(e, RepositoryNotFoundError):
         return HubError(f"{where}: repository not found (or private: set HF_TOKEN)")
     if isinstance(e, RevisionNotFoundError):
         return HubError(f"{where}: no such revision (tag, branch or commit)")
-    if isinstance(e, (LocalEntryNotFoundError, OfflineModeIsEnabled)):
-        return HubError(f"{where}: not in the local HF cache and the Hub can't be reached; load it once online")
+    if isinstance(e, (LocalEntryNotFoundError, OfflineModeIsEnabled, RevisionResolutionError)):
+        return HubError(
+            f"{where}: not in the local HF cache and the Hub can't be reached; load it once online")
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     return HubError(f"{where}: {type(e).__name__}: {first}")

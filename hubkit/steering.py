@@ -144,15 +144,18 @@ def _resolve(
             )
         layer = layer if layer is not None else direction.selected_layer
         return direction.vector(layer), layer, direction.layer_convention
-    if isinstance(direction, np.ndarray) or isinstance(direction, Sequence):
+    is_seq = isinstance(direction, Sequence) and not isinstance(direction, str)
+    if isinstance(direction, np.ndarray) or is_seq:
         direction = torch.as_tensor(np.asarray(direction))
     if not isinstance(direction, torch.Tensor):
-        raise DirectionError(f"expected a tensor or DirectionSet as the direction, got {type(direction).__name__}")
+        raise DirectionError(
+            f"expected a tensor or DirectionSet as the direction, got {type(direction).__name__}")
     vec = direction.detach()
     if vec.dim() != 1 or not vec.is_floating_point():
         raise DirectionError(f"a direction is a floating-point [d] vector, got {vec.dtype} {list(vec.shape)}")
     if need_layer and layer is None:
-        raise DirectionError("a bare tensor carries no layer: pass layer= (and layer_convention= if not 'block')")
+        raise DirectionError(
+            "a bare tensor carries no layer: pass layer= (and layer_convention= if not 'block')")
     return vec.float().cpu(), layer, layer_convention or "block"
 
 
@@ -235,7 +238,8 @@ def steer(
         )
     if block >= len(blocks):
         raise DirectionError(
-            f"layer {layer} ({convention} convention) is block {block}, but the model has {len(blocks)} blocks"
+            f"layer {layer} ({convention} convention) is block {block}, "
+            f"but the model has {len(blocks)} blocks"
         )
     delta = _Cast(vec.double() * float(alpha))
 
@@ -260,7 +264,9 @@ def ablate(
     """Project ``r`` out of the residual stream everywhere, without touching the weights.
 
     Hooks: every block's input (which covers the embeddings), the output of every residual writer
-    inside each block (attention / linear attention / MLP / MoE), and every block's output. ``r`` is
+    inside each block (attention / linear attention / MLP / MoE), every block's output, and the lm_head's
+    input when it is tied to the embedding (orthogonalizing a tied embedding edits the lm_head too). That
+    is the weight edit of ``regenerate``'s default targets (embed_tokens, attn_out, mlp_down). ``r`` is
     normalized first. ``layer`` only picks which vector of a multi-layer :class:`DirectionSet` to use
     (default: its selected layer); the projection applies at all layers whatever the convention.
     """
@@ -301,6 +307,11 @@ def ablate(
             bare.append(i)
         installers += [lambda w=w: w.register_forward_hook(post) for w in writers]
         installers.append(lambda b=block: b.register_forward_hook(post))
+    tied = _tied_output_embeddings(model)
+    if tied is not None:
+        # Orthogonalizing a tied embedding also changes the lm_head: W' h = W P h, i.e. the lm_head input
+        # projected. Without this the final norm's gain could reintroduce r and the twins would differ.
+        installers.append(lambda: tied.register_forward_pre_hook(pre, with_kwargs=True))
     if bare:
         warnings.warn(
             f"ablate: blocks {bare} of {type(model).__name__} have no recognizable attention/MLP children; "
@@ -311,12 +322,31 @@ def ablate(
         yield
 
 
+def _tied_output_embeddings(model: nn.Module) -> nn.Module | None:
+    """The lm_head when it shares its weight with the input embedding, else None."""
+    get_in = getattr(model, "get_input_embeddings", None)
+    get_out = getattr(model, "get_output_embeddings", None)
+    if not (callable(get_in) and callable(get_out)):
+        return None
+    try:
+        emb_in, emb_out = get_in(), get_out()
+    except (NotImplementedError, AttributeError):
+        return None
+    w_in, w_out = getattr(emb_in, "weight", None), getattr(emb_out, "weight", None)
+    if w_in is None or w_out is None or w_in.shape != w_out.shape:
+        return None
+    same = w_in is w_out or (w_in.device == w_out.device and w_in.data_ptr() == w_out.data_ptr())
+    return emb_out if same else None
+
+
 def _residual_writers(block: nn.Module) -> list[nn.Module]:
     """Direct children of a block whose output is added to the residual stream (not norms)."""
     writers = []
     for name, child in block.named_children():
         lname, cname = name.lower(), type(child).__name__.lower()
-        if "norm" in cname or "dropout" in cname or any(lname.startswith(t) or lname.endswith(t) for t in _NOT_WRITER):
+        if "norm" in cname or "dropout" in cname:
+            continue
+        if any(lname.startswith(t) or lname.endswith(t) for t in _NOT_WRITER):
             continue
         if lname in _WRITER_NAMES or any(True for _ in child.parameters()):
             writers.append(child)
