@@ -307,7 +307,7 @@ def persona(root: Path) -> None:
     acts = unit_rows(23, N_LAYERS)
     acts[22] = r
     write_csv(root / "vectors" / "persona_ranking.csv", ["layer", "auc", "margin", "cos_v2", "cos_refusal"],
-              [[i, "1.000" if 8 <= i <= 26 else f"{0.7 + 0.01 * i:.3f}", f"{0.5 + 0.06 * i - 0.0015 * i * i:.2f}",
+              [[i, "1.000" if 8 <= i <= 26 else f"{0.6 + 0.01 * i:.3f}", f"{0.5 + 0.06 * i - 0.0015 * i * i:.2f}",
                 f"{float(acts[i] @ v2[i]):.3f}", f"{float(acts[i] @ refusal_dirs[i]):.3f}"] for i in range(N_LAYERS)])
     tasks = ["fix-git", "kv-store-grpc", "qemu-startup", "regex-log", "pypi-server", "sqlite-db-truncate",
              "openssl-selfsigned-cert", "git-leak-recovery", "portfolio-optimization", "log-summary-date-ranges"]

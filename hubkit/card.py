@@ -1,23 +1,264 @@
-"""Card data and rendering (plain first version; the card issue makes it rich)."""
+"""The model card: plain data objects built from a :class:`Run`, rendered by jinja2 templates.
+
+The card is what people read on the Hub, so it says up front what happened (the status banner), shows
+every number with its test named, and describes every file. The split is strict:
+
+- ``build_card_data`` computes (statistics, overlap structure, file descriptions, front matter) and is
+  pure: it reads nothing the Run did not already load.
+- the templates in ``templates/`` only format what they are given, so a researcher can restyle a card
+  (``--template DIR``, overriding any subset of the partials) without touching a number.
+- ``build_assets`` draws the per-layer ranking plots (deterministic PNG bytes).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+import functools
+import io
+import math
+import re
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+from . import __version__
+from .errors import HubkitError
+from .stats import EvaluationStats, analyze_evaluation, format_ci, format_p, format_pct
+
+if TYPE_CHECKING:
+    import jinja2
+    from huggingface_hub import ModelCardData
+
+    from .package import PackageFile
+    from .ranking import Ranking
+    from .run import Run
+
+MAIN_TEMPLATE = "card.md.j2"
+HUB = "https://huggingface.co"
+
+STATUS_LABELS = {
+    "positive": "positive result",
+    "null-result": "null result",
+    "regression": "regression",
+    "inconclusive": "inconclusive",
+    "superseded": "superseded",
+}
+CONVENTION_TEXT = {
+    "block": "layer i is the output of decoder block i (0-based), `hidden_states[i + 1]` in transformers",
+    "hidden_states": "layer i is `hidden_states[i]` in transformers (0 = the embeddings, i = output of block i − 1)",
+}
+TARGET_TEXT = {
+    "embed_tokens": "the token embeddings (`embed_tokens`)",
+    "attn_out": "every block's attention output projection (`o_proj` / `linear_attn.out_proj`)",
+    "mlp_down": "every block's MLP down-projection (`mlp.down_proj`, experts included)",
+    "lm_head": "the output head (`lm_head`)",
+}
+RELATION_TEXT = {"supersedes": "supersedes", "superseded-by": "superseded by", "follow-up": "follow-up",
+                 "see-also": "see also"}
+DATA_KINDS = ("direction", "ranking", "contrast", "results", "data")
+EXAMPLES = 3
+EXAMPLE_CHARS = 240
+
+
+# --------------------------------------------------------------------------- data objects
+
+
+@dataclass
+class RelatedView:
+    repo_id: str
+    relation: str
+    note: str | None
+    url: str
+
+    @property
+    def relation_text(self) -> str:
+        return RELATION_TEXT.get(self.relation, self.relation)
+
+
+@dataclass
+class Banner:
+    status: str
+    label: str  # "null result", "regression", ...
+    note: str | None
+    successor: RelatedView | None = None  # the superseded-by repo, for status superseded
+
+
+@dataclass
+class TextSection:
+    title: str
+    text: str
+    source: str | None = None
+
+
+@dataclass
+class DirectionView:
+    name: str
+    file: str | None
+    canonical: str
+    layers: list[int]
+    d: int
+    norm_min: float
+    norm_max: float
+    unit_norm: bool
+    selected_layer: int | None
+    convention: str
+    method: str | None
+    block: int | None  # the decoder block whose output the selected layer is (-1: the embeddings)
+    llama_cpp_layer: int | None  # the control vector's direction.N for the selected layer, if representable
+
+
+@dataclass
+class RankingRow:
+    layer: int
+    values: list[float | None]
+    selected: bool
+    best: bool
+
+
+@dataclass
+class RankingView:
+    direction: str | None
+    file: str
+    convention: str
+    columns: list[str]
+    rows: list[RankingRow]
+    selected_layer: int | None
+    best_layer: int | None
+    best_by: list[str]  # the metric that picks the best layer, then its tie-breakers
+    plot: str | None  # repo path of the PNG
+
+    @property
+    def selected_row(self) -> RankingRow | None:
+        return next((r for r in self.rows if r.selected), None)
+
+    @property
+    def best_row(self) -> RankingRow | None:
+        return next((r for r in self.rows if r.best), None)
+
+
+@dataclass
+class ContrastView:
+    label: str
+    file: str
+    count: int
+    examples: list[str]
+    duplicates: int
+
+
+@dataclass
+class FileView:
+    path: str
+    size: int
+    sha256: str
+    kind: str
+    what: str
+
+    @property
+    def short_sha(self) -> str:
+        return self.sha256[:12]
+
+
+@dataclass
+class LeftOutView:
+    path: str
+    size: int
+    files: int
+    reason: str
+
+
+@dataclass
+class QuickUse:
+    repo_id: str
+    direction: DirectionView
+    name_arg: bool  # the repo has several directions: pass name=
+    others: list[str]
+    alpha: float
+    ablate: bool  # the run removes the direction (abliteration): show the inference-time equivalent
+    base_model: str | None
+    base_model_revision: str | None
+    gguf_base: str  # the file name shown for the base model's GGUF
+
+
+@dataclass
+class Rebuild:
+    repo_id: str
+    direction: str
+    layer: int
+    convention: str
+    targets: list[str]
+    target_text: list[str]
+    base_model: str
+    base_model_revision: str | None
+    verified: bool  # the recipe records shard sha256s that the rebuild is checked against
+    weights_path: str | None
+    weights_size: int | None
+    weights_published: bool
+
+
+@dataclass
+class Reproducibility:
+    base_model: str | None
+    base_model_revision: str | None
+    hubkit_version: str
+    date: str | None
+    authors: list[str]
+    compute: str | None
+    scripts: list[str]
+    data_files: list[FileView]
+
+
+@dataclass
+class HistoryEntry:
+    version: str
+    date: str | None
+    summary: str | None
+
+
+@dataclass
+class Citation:
+    key: str
+    title: str
+    authors: list[str]
+    year: str | None
+    url: str | None
+    version: str | None
 
 
 @dataclass
 class CardData:
+    """Everything a card template may show, already computed."""
+
+    front_matter: str  # YAML between the --- lines (ModelCardData.to_yaml)
+    model_card_data: ModelCardData
     title: str
-    status: str
-    status_note: str | None
-    summary: str | None
-    files: list[dict[str, Any]]
-    front_matter: str
+    repo_id: str | None
+    repo_url: str | None
+    version: str | None
+    banner: Banner
+    summary: str | None = None
+    evaluations: list[EvaluationStats] = field(default_factory=list)
+    sections: list[TextSection] = field(default_factory=list)
+    caveats: list[str] = field(default_factory=list)
+    directions: list[DirectionView] = field(default_factory=list)
+    conventions: list[tuple[str, str]] = field(default_factory=list)  # (convention, what layer i means)
+    rankings: list[RankingView] = field(default_factory=list)
+    contrasts: list[ContrastView] = field(default_factory=list)
+    quick_use: QuickUse | None = None
+    rebuild: Rebuild | None = None
+    reproducibility: Reproducibility | None = None
+    files: list[FileView] = field(default_factory=list)
+    left_out: list[LeftOutView] = field(default_factory=list)
+    related: list[RelatedView] = field(default_factory=list)
+    dataset: RelatedView | None = None  # the Hub dataset holding the contrast sets and per-task results
+    history: list[HistoryEntry] = field(default_factory=list)
+    citation: Citation | None = None
+
+
+# --------------------------------------------------------------------------- templates
 
 
 def template_root() -> Path:
+    """The built-in templates: ``hubkit/templates`` in a wheel, top-level ``templates/`` in a checkout."""
     here = Path(__file__).parent
     for cand in (here / "templates", here.parent / "templates"):
         if cand.is_dir():
@@ -25,25 +266,558 @@ def template_root() -> Path:
     raise FileNotFoundError("hubkit templates not found")
 
 
-def build_assets(run) -> dict[str, bytes]:
-    return {}
+# --------------------------------------------------------------------------- assets (the ranking plots)
 
 
-def build_card_data(run, files, meta) -> CardData:
-    import yaml
+def plot_paths(run: Run) -> dict[str, str]:
+    """Ranking file -> repo path of its plot: ``assets/ranking.png`` for one ranking, else one per direction."""
+    if len(run.rankings) == 1:
+        return {run.rankings[0].file: "assets/ranking.png"}
+    owners = _ranking_owners(run)
+    out = {}
+    for rk in run.rankings:
+        stem = owners.get(rk.file) or PurePosixPath(rk.file).stem.removesuffix("_ranking")
+        out[rk.file] = f"assets/{_slug(stem) or 'ranking'}_ranking.png"
+    return out
+
+
+def _ranking_owners(run: Run) -> dict[str, str]:
+    owners: dict[str, str] = {}
+    for ds in run.directions:
+        rk = run.ranking_for(ds.name)
+        if rk is not None and rk.file not in owners:
+            owners[rk.file] = ds.name
+    return owners
+
+
+def build_assets(run: Run) -> dict[str, bytes]:
+    """The repo files the card embeds: one PNG of the metrics by layer per ranking."""
+    if not run.rankings:
+        return {}
+    views = {v.file: v for v in _rankings(run, plot_paths(run))}
+    return {path: ranking_plot(views[file]) for file, path in plot_paths(run).items()}
+
+
+def ranking_plot(view: RankingView) -> bytes:
+    """Each metric against layer, one panel per metric (they have different scales), with the selected
+    and the best layer marked. Byte-identical across calls: Agg canvas, default style, fixed size and
+    dpi, and no Software/date metadata."""
+    import matplotlib.style
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    columns = view.columns or []
+    layers = [r.layer for r in view.rows]
+    n = max(1, len(columns))
+    height = 1.2 + 1.5 * n
+    with matplotlib.style.context("default"):
+        fig = Figure(figsize=(7.0, height), dpi=100)
+        FigureCanvasAgg(fig)
+        axes = fig.subplots(n, 1, sharex=True, squeeze=False)[:, 0]
+        for i, ax in enumerate(axes):
+            if not columns:
+                break
+            ys = [r.values[i] if r.values[i] is not None else math.nan for r in view.rows]
+            ax.plot(layers, ys, marker="o", markersize=3, linewidth=1.2, color="#1f77b4")
+            ax.set_ylabel(columns[i])
+            ax.grid(True, linewidth=0.4, alpha=0.5)
+            if view.selected_layer is not None:
+                ax.axvline(view.selected_layer, color="#d62728", linestyle="--", linewidth=1,
+                           label=f"selected: {view.selected_layer}")
+            row = view.best_row
+            if row is not None and row.layer != view.selected_layer:
+                ax.axvline(row.layer, color="#2ca02c", linestyle=":", linewidth=1.2)
+            if row is not None and view.best_by and columns[i] == view.best_by[0] and row.values[i] is not None:
+                ax.plot([row.layer], [row.values[i]], marker="*", markersize=12, color="#2ca02c",
+                        linestyle="none", label=f"best by {', then '.join(view.best_by)}: {row.layer}")
+            if i == 0:
+                ax.legend(loc="best", fontsize=8, frameon=False)
+        axes[-1].set_xlabel(f"layer ({view.convention} convention)")
+        title = f"{view.direction}: " if view.direction else ""
+        fig.suptitle(f"{title}ranking metrics by layer ({PurePosixPath(view.file).name})", fontsize=10)
+        # fixed margins (in inches) instead of tight_layout, which costs a whole extra draw
+        fig.subplots_adjust(left=0.12, right=0.97, top=1 - 0.55 / height, bottom=0.6 / height, hspace=0.15)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- one call for `hubkit card`
+
+
+@dataclass
+class RenderedCard:
+    text: str
+    assets: dict[str, bytes]  # repo path -> bytes of the files the card embeds
+
+
+def card_for_run(run_dir: str | Path, *, template_dir: str | Path | None = None) -> RenderedCard:
+    """The README a publish of ``run_dir`` would commit (same files, hashes and plots), without staging."""
+    from .package import CARD, build_package
+    from .run import load_run
+
+    package = build_package(load_run(run_dir), template_dir=template_dir)
+    readme = package.file(CARD)
+    assert readme is not None and readme.data is not None
+    assets = {f.path: f.data for f in package.files if f.kind == "asset" and f.data is not None}
+    return RenderedCard(readme.data.decode("utf-8"), assets)
+
+
+# --------------------------------------------------------------------------- card data
+
+
+def build_card_data(run: Run, files: list[PackageFile], meta: dict[str, Any]) -> CardData:
+    """Compute everything the card shows from the loaded run, its package files and ``hubkit.json``."""
+    m = run.manifest
+    repo_id = meta.get("repo_id") or m.repo_id
+    related = [RelatedView(r.repo_id, r.relation, r.note, f"{HUB}/{r.repo_id}") for r in m.related]
+    successor = next((r for r in related if r.relation == "superseded-by"), None)
+    evaluations = [analyze_evaluation(ev) for ev in run.evaluations]
+    directions = _directions(run, meta)
+    rankings = _rankings(run, plot_paths(run))
+    file_views = _files(run, files, rankings)
+    ds_repo = meta.get("dataset_repo")
+    front = model_card_data(run, evaluations, files, repo_id, ds_repo)
+    conventions = sorted({d.convention for d in directions} | {r.convention for r in rankings})
+    return CardData(
+        front_matter=front.to_yaml(),
+        model_card_data=front,
+        title=m.title,
+        repo_id=repo_id,
+        repo_url=f"{HUB}/{repo_id}" if repo_id else None,
+        version=meta.get("version"),
+        banner=Banner(m.status, STATUS_LABELS.get(m.status, m.status), _oneline(m.status_note),
+                      successor if m.status == "superseded" else None),
+        summary=_embed(run.summary) if run.summary and run.summary.strip() else None,
+        evaluations=evaluations,
+        sections=[TextSection(s.title, _embed(s.text), s.source) for s in run.sections if s.text.strip()],
+        caveats=[c.strip() for c in m.caveats if c.strip()],
+        directions=directions,
+        conventions=[(c, CONVENTION_TEXT[c]) for c in conventions if c in CONVENTION_TEXT],
+        rankings=rankings,
+        contrasts=[ContrastView(c.label, c.file, c.count, [_example(p) for p in c.examples(EXAMPLES)],
+                                len(c.duplicates)) for c in run.contrasts],
+        quick_use=_quick_use(run, repo_id, directions),
+        rebuild=_rebuild(run, repo_id, meta.get("regenerate")),
+        reproducibility=_reproducibility(run, file_views),
+        files=file_views,
+        left_out=_left_out(run),
+        related=related,
+        dataset=RelatedView(ds_repo, "dataset", None, f"{HUB}/datasets/{ds_repo}") if ds_repo else None,
+        history=[HistoryEntry(str(h.get("version", "")), h.get("date"), h.get("summary"))
+                 for h in meta.get("history") or []],
+        citation=_citation(run, repo_id, meta.get("version")),
+    )
+
+
+def model_card_data(run: Run, evaluations: list[EvaluationStats], files: list[PackageFile],
+                    repo_id: str | None = None, dataset_repo: str | None = None) -> ModelCardData:
+    """The front matter, through huggingface_hub so that ``ModelCard.load`` reads back the same thing.
+
+    model-index gets one pass-rate metric per arm that *is* this repo's model (``this: true``, or every
+    non-baseline arm when none is marked); the Hub would list any other arm's numbers as this model's.
+    p-values have no field there and stay in the body.
+    """
+    from huggingface_hub import EvalResult, ModelCardData
 
     m = run.manifest
-    fm = {"library_name": "hubkit", "base_model": m.base_model, "license": m.license,
-          "tags": sorted(set(m.tags) | {"hubkit", m.status})}
-    fm = {k: v for k, v in fm.items() if v}
-    return CardData(m.title, m.status, m.status_note, run.summary,
-                    [{"path": f.path, "size": f.size, "sha256": f.sha256[:12], "kind": f.kind} for f in files],
-                    yaml.safe_dump(fm, sort_keys=True, allow_unicode=True))
+    weights = any(f.kind == "weights" for f in files)
+    tags = list(dict.fromkeys([*m.tags, "hubkit", m.status]))
+    results = []
+    for ev in evaluations:
+        ours = [a for a in ev.arms if a.this] or [a for a in ev.arms if not a.baseline]
+        for a in ours:
+            results.append(EvalResult(
+                task_type="text-generation",
+                dataset_type=_slug(ev.name) or "evaluation",
+                dataset_name=ev.name,
+                metric_type="pass_rate",
+                metric_value=round(a.rate, 4),
+                metric_name=f"pass rate, {a.label} ({a.passes}/{a.n})",
+            ))
+    kwargs: dict[str, Any] = {}
+    if m.base_model:
+        # A repo of directions is used on top of its base model (the Hub's "adapter" relation); published
+        # orthogonalized weights are a modified copy of the base ("finetune").
+        kwargs["base_model_relation"] = "finetune" if weights else "adapter"
+    return ModelCardData(
+        library_name="hubkit",  # even with weights: they sit in a subfolder, which the Hub's snippets miss
+        base_model=m.base_model,
+        datasets=[dataset_repo] if dataset_repo else None,  # the data the directions were computed from
+        license=m.license,
+        tags=tags,
+        model_name=(repo_id or m.repo_id or run.root.name).split("/")[-1] if results else None,
+        eval_results=results or None,
+        **kwargs,
+    )
+
+
+def _directions(run: Run, meta: dict[str, Any]) -> list[DirectionView]:
+    from .directions import to_block_index
+
+    entries = {e["name"]: e for e in meta.get("directions") or []}
+    out = []
+    for ds in run.directions:
+        e = entries.get(ds.name, {})
+        spec = run.manifest.direction(ds.name)
+        norms = list(ds.norms.values())
+        block = to_block_index(ds.selected_layer, ds.layer_convention) if ds.selected_layer is not None else None
+        out.append(DirectionView(
+            name=ds.name,
+            file=e.get("file") or (spec.file if spec else ds.source),
+            canonical=e.get("canonical") or f"vectors/{ds.name}.safetensors",
+            layers=ds.layer_ids,
+            d=ds.d,
+            norm_min=min(norms),
+            norm_max=max(norms),
+            unit_norm=ds.unit_norm,
+            selected_layer=ds.selected_layer,
+            convention=ds.layer_convention,
+            method=ds.method,
+            block=block,
+            # llama.cpp's direction.N is added to block N's output and N = 0 is rejected
+            llama_cpp_layer=block if block is not None and block >= 1 else None,
+        ))
+    return out
+
+
+def _rankings(run: Run, plots: dict[str, str]) -> list[RankingView]:
+    owners = _ranking_owners(run)
+    conventions = {d.layer_convention for d in run.directions}
+    fallback = conventions.pop() if len(conventions) == 1 else "block"
+    out = []
+    for rk in run.rankings:
+        owner = owners.get(rk.file)
+        ds = run.direction(owner) if owner else None
+        selected = ds.selected_layer if ds else None
+        best = rk.best_layer
+        out.append(RankingView(
+            direction=owner,
+            file=rk.file,
+            convention=ds.layer_convention if ds else fallback,
+            columns=list(rk.columns),
+            rows=[RankingRow(layer=int(r["layer"]), values=[_finite(r.get(c)) for c in rk.columns],
+                             selected=int(r["layer"]) == selected, best=int(r["layer"]) == best)
+                  for r in rk.rows],
+            selected_layer=selected,
+            best_layer=best,
+            best_by=_best_by(rk),
+            plot=plots.get(rk.file),
+        ))
+    return out
+
+
+def _best_by(rk: Ranking) -> list[str]:
+    from .ranking import BEST_BY
+
+    return [c for c in BEST_BY if c in rk.columns] or ([rk.best_metric] if rk.best_metric else [])
+
+
+def _finite(v: float | None) -> float | None:
+    return None if v is None or math.isnan(v) else v
+
+
+def _files(run: Run, files: list[PackageFile], rankings: list[RankingView]) -> list[FileView]:
+    what = _descriptions(run, rankings)
+    return [FileView(f.path, f.size, f.sha256, f.kind, what.get(f.path) or _KIND_TEXT.get(f.kind, f.kind))
+            for f in files]
+
+
+_KIND_TEXT = {
+    "manifest": "the run's manifest (`hubkit.yaml`)",
+    "script": "script",
+    "notes": "notes / log",
+    "report": "report",
+    "data": "data",
+    "weights": "weights",
+    "asset": "card asset",
+    "direction": "direction",
+    "ranking": "per-layer ranking",
+    "contrast": "contrast prompts",
+    "results": "per-task results",
+}
+
+
+def _descriptions(run: Run, rankings: list[RankingView]) -> dict[str, str]:
+    """What each file of the repo is, in words; specific where the manifest says what a file is for."""
+    m = run.manifest
+    out: dict[str, str] = {}
+    for ds in run.directions:
+        n = len(ds.layers)
+        span = f"{n} layers" if n > 1 else f"layer {ds.layer_ids[0]} ({ds.layer_convention})"
+        out[f"vectors/{ds.name}.safetensors"] = (f"direction `{ds.name}`, canonical: float32 `layer.<i>` "
+                                                 f"tensors, {span}, d={ds.d}")
+        spec = m.direction(ds.name)
+        if spec:
+            fmt = PurePosixPath(spec.file).suffix
+            note = " (a pickle container: prefer the safetensors copy)" if fmt in (".pt", ".pth") else ""
+            out[spec.file] = f"direction `{ds.name}` as the run saved it{note}"
+    for rv in rankings:
+        who = f" of `{rv.direction}`" if rv.direction else ""
+        out[rv.file] = f"per-layer ranking{who}: {', '.join(rv.columns)}"
+        if rv.plot:
+            out[rv.plot] = f"plot of the ranking{who} by layer (shown above)"
+    for c in run.contrasts:
+        out[c.file] = f"contrast prompts `{c.label}` ({c.count})"
+    per_task: dict[str, list[str]] = {}
+    for ev in run.evaluations:
+        for a in ev.arms:
+            if a.per_task_file:
+                per_task.setdefault(a.per_task_file, []).append(f"{a.label} on {ev.name}")
+    for path, uses in per_task.items():
+        out[path] = "per-task results: " + "; ".join(uses)
+    if m.summary_file:
+        out[m.summary_file] = "report (its text is the summary above)"
+    for s in m.sections:
+        if s.file:
+            out[s.file] = f"the section “{s.title}” above"
+    return out
+
+
+def _left_out(run: Run) -> list[LeftOutView]:
+    """Run files the repo does not carry, weights folders summarised; credential-like files are not named."""
+    m = run.manifest
+    out: list[LeftOutView] = []
+    weights: dict[str, list[int]] = {}
+    for f in run.files:
+        if f.included or (f.reason or "").startswith("credential"):
+            continue
+        if f.kind == "weights" and m.weights:
+            weights.setdefault(m.weights.path.rstrip("/") + "/", []).append(f.size)
+        else:
+            out.append(LeftOutView(f.path, f.size, 1, _REASONS.get(f.reason or "", f.reason or "left out")))
+    for path, sizes in weights.items():
+        why = "weights not published" + (": rebuild them with `hubkit regenerate` (below)" if m.regenerate else "")
+        out.insert(0, LeftOutView(path, sum(sizes), len(sizes), why))
+    return out
+
+
+_REASONS = {"matches exclude": "excluded by `exclude` in hubkit.yaml",
+            "not in include": "not matched by `include` in hubkit.yaml"}
+
+
+def _quick_use(run: Run, repo_id: str | None, directions: list[DirectionView]) -> QuickUse | None:
+    if not directions:
+        return None
+    r = run.manifest.regenerate
+    main = next((d for d in directions if r and d.name == r.direction), directions[0])
+    if main.selected_layer is None:
+        return None  # without a selected layer there is no one-line use to show
+    m = run.manifest
+    return QuickUse(repo_id=repo_id or "OWNER/NAME", direction=main, name_arg=len(directions) > 1,
+                    others=[d.name for d in directions if d is not main], alpha=4.0, ablate=r is not None,
+                    base_model=m.base_model, base_model_revision=m.base_model_revision,
+                    gguf_base=f"{m.base_model.split('/')[-1]}.gguf" if m.base_model else "BASE_MODEL.gguf")
+
+
+def _rebuild(run: Run, repo_id: str | None, entry: dict[str, Any] | None) -> Rebuild | None:
+    if not entry or entry.get("layer") is None or not entry.get("base_model"):
+        return None
+    m = run.manifest
+    wsizes = [f.size for f in run.files if f.kind == "weights"]
+    return Rebuild(
+        repo_id=repo_id or "OWNER/NAME",
+        direction=entry["direction"],
+        layer=int(entry["layer"]),
+        convention=entry.get("layer_convention") or "block",
+        targets=list(entry.get("targets") or []),
+        target_text=[TARGET_TEXT.get(t, f"`{t}`") for t in entry.get("targets") or []],
+        base_model=entry["base_model"],
+        base_model_revision=entry.get("base_model_revision"),
+        verified=bool(entry.get("shards_sha256")),
+        weights_path=m.weights.path.rstrip("/") + "/" if m.weights else None,
+        weights_size=sum(wsizes) if wsizes else None,
+        weights_published=bool(m.weights and m.weights.publish),
+    )
+
+
+def _reproducibility(run: Run, files: list[FileView]) -> Reproducibility:
+    m = run.manifest
+    return Reproducibility(
+        base_model=m.base_model,
+        base_model_revision=m.base_model_revision,
+        hubkit_version=__version__,
+        date=m.date,
+        authors=list(m.authors),
+        compute=m.compute,
+        scripts=[f.path for f in files if f.kind == "script"],
+        data_files=[f for f in files if f.kind in DATA_KINDS],
+    )
+
+
+def _citation(run: Run, repo_id: str | None, version: str | None) -> Citation:
+    m = run.manifest
+    year = m.date[:4] if m.date and m.date[:4].isdigit() else None
+    owner, _, name = (repo_id or "").partition("/")
+    first = m.authors[0].split()[-1] if m.authors else owner
+    key = "_".join(p for p in (_slug(first, "_"), _slug(name or m.title, "_")[:40], year) if p)
+    return Citation(key=key or "hubkit_run", title=m.title, authors=list(m.authors), year=year,
+                    url=f"{HUB}/{repo_id}" if repo_id else None, version=version)
+
+
+# --------------------------------------------------------------------------- text helpers
+
+
+def _slug(text: str, sep: str = "-") -> str:
+    return re.sub(r"[^a-z0-9]+", sep, text.lower()).strip(sep)
+
+
+def _oneline(text: str | None) -> str | None:
+    return " ".join(text.split()) if text and text.strip() else None
+
+
+def _example(prompt: str) -> str:
+    flat = " ".join(prompt.split())
+    return flat if len(flat) <= EXAMPLE_CHARS else flat[:EXAMPLE_CHARS - 1].rstrip() + "…"
+
+
+_HEADING = re.compile(r"^(#{1,6})(\s+.*)$")
+_FENCE = re.compile(r"^\s*(```|~~~)")
+
+
+def _embed(text: str, top: int = 3) -> str:
+    """A run's markdown placed under a ``##`` card heading: a leading H1 (the document's own title)
+    is dropped and the remaining headings shift so the highest becomes ``###``."""
+    lines = text.strip("\n").splitlines()
+    while lines and not lines[0].strip():
+        lines.pop(0)
+    if lines and re.match(r"^#\s+", lines[0]):
+        lines.pop(0)
+        while lines and not lines[0].strip():
+            lines.pop(0)
+    levels, fenced = [], False
+    for ln in lines:
+        if _FENCE.match(ln):
+            fenced = not fenced
+        elif not fenced and (h := _HEADING.match(ln)):
+            levels.append(len(h.group(1)))
+    shift = top - min(levels) if levels else 0
+    out, fenced = [], False
+    for ln in lines:
+        if _FENCE.match(ln):
+            fenced = not fenced
+        elif not fenced and shift and (h := _HEADING.match(ln)):
+            ln = "#" * min(6, len(h.group(1)) + shift) + h.group(2)
+        out.append(ln)
+    return "\n".join(out).rstrip()
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _human(n: float | None) -> str:
+    if n is None:
+        return "—"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def _layer(layer: int | None, convention: str) -> str:
+    return "—" if layer is None else f"{layer} ({convention})"
+
+
+def _span(layers: list[int]) -> str:
+    if not layers:
+        return "—"
+    if len(layers) > 2 and layers == list(range(layers[0], layers[-1] + 1)):
+        return f"{layers[0]}–{layers[-1]}"
+    return ", ".join(map(str, layers))
+
+
+def _num(v: float | None, digits: int = 3) -> str:
+    return "—" if v is None else f"{v:.{digits}f}"
+
+
+def _cell(v: Any) -> str:
+    """Safe inside a markdown table cell: no pipe or newline breaks the row."""
+    return " ".join(str(v).split()).replace("|", "\\|")
+
+
+def _quote(text: str) -> str:
+    return "\n".join(("> " + ln).rstrip() for ln in text.splitlines())
+
+
+def _sentence(text: str) -> str:
+    """Upper-case the first letter only (jinja's capitalize lower-cases the rest: "Exact mcnemar")."""
+    return text[:1].upper() + text[1:]
+
+
+def _bib(text: str) -> str:
+    return "{" + re.sub(r"([&%#_$])", r"\\\1", str(text)) + "}"
+
+
+FILTERS = {"pct": format_pct, "p": format_p, "ci": format_ci, "size": _human, "layer": _layer, "span": _span,
+           "num": _num, "cell": _cell, "quote": _quote, "bib": _bib, "sentence": _sentence}
+
+
+def _environment(template_dir: str | Path | None) -> jinja2.Environment:
+    if template_dir is not None and not Path(template_dir).is_dir():
+        raise HubkitError(f"{template_dir}: template directory not found")
+    return _cached_environment(str(Path(template_dir).resolve()) if template_dir is not None else None)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_environment(template_dir: str | None) -> jinja2.Environment:
+    """One environment per template folder: jinja2 then compiles each template once per process (and
+    still reloads a template whose file changed)."""
+    import jinja2
+
+    loaders = []
+    if template_dir is not None:
+        loaders.append(jinja2.FileSystemLoader(template_dir))
+    loaders.append(jinja2.FileSystemLoader(str(template_root())))
+    env = jinja2.Environment(loader=jinja2.ChoiceLoader(loaders), undefined=jinja2.StrictUndefined,
+                             autoescape=False, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env.filters.update(FILTERS)
+    return env
 
 
 def render_card(data: CardData, template_dir: str | Path | None = None) -> str:
+    """Render ``card.md.j2``; a template problem becomes a HubkitError naming ``template file:line``."""
     import jinja2
 
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(template_dir or template_root())),
-                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-    return env.get_template("card.md.j2").render(card=data)
+    env = _environment(template_dir)
+    try:
+        text = env.get_template(MAIN_TEMPLATE).render(card=data)
+    except jinja2.TemplateSyntaxError as e:
+        where = e.filename or e.name or MAIN_TEMPLATE
+        raise HubkitError(f"{where}:{e.lineno}: template syntax error: {e.message}") from e
+    except jinja2.TemplateNotFound as e:
+        raise HubkitError(f"template '{e.name}' not found (looked in {_searched(template_dir)})") from e
+    except jinja2.TemplateError as e:
+        raise HubkitError(f"{_template_frame(e)}: {e.message or e}") from e
+    except Exception as e:  # a filter or attribute raising inside a template
+        loc = _template_frame(e)
+        if loc == MAIN_TEMPLATE:
+            raise
+        raise HubkitError(f"{loc}: {type(e).__name__}: {e}") from e
+    return _tidy(text)
+
+
+def _searched(template_dir: str | Path | None) -> str:
+    return ", ".join(str(p) for p in ([Path(template_dir)] if template_dir else []) + [template_root()])
+
+
+def _template_frame(e: BaseException) -> str:
+    """``file:line`` of the innermost template frame (jinja2 rewrites tracebacks to point at templates)."""
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if f.filename.endswith(".j2")]
+    if not frames:
+        return MAIN_TEMPLATE
+    return f"{frames[-1].filename}:{frames[-1].lineno}"
+
+
+def _tidy(text: str) -> str:
+    """At most one blank line between blocks (outside code fences) and one newline at the end, so
+    optional sections leave no gaps whatever the partials' whitespace."""
+    out: list[str] = []
+    fenced = False
+    for ln in text.splitlines():
+        if _FENCE.match(ln):
+            fenced = not fenced
+        if not fenced and not ln.strip() and (not out or not out[-1].strip()):
+            continue
+        out.append(ln)
+    return "\n".join(out).strip("\n") + "\n"

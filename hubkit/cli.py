@@ -68,7 +68,8 @@ def init(run_dir: Path, force: bool) -> None:
 @main.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--quiet", "-q", is_flag=True, help="Print problems only.")
-def validate(run_dir: Path, quiet: bool) -> None:
+@click.option("--files", "list_files", is_flag=True, help="List every file with its size, kind and fate.")
+def validate(run_dir: Path, quiet: bool, list_files: bool) -> None:
     """Check a run: manifest, directions, rankings, contrast sets, results, sizes. Exit 1 on problems."""
     from .run import validate_run
 
@@ -90,6 +91,10 @@ def validate(run_dir: Path, quiet: bool) -> None:
             click.echo(f"  direction {d.name}: layers {d.layer_ids[0]}–{d.layer_ids[-1]} "
                        f"({len(d.layers)}, {d.layer_convention} convention), d={d.d}, "
                        f"selected layer {d.selected_layer}, {'unit-norm' if d.unit_norm else 'not unit-norm'}")
+        if list_files:
+            for f in run.files:
+                fate = "publish" if f.included else f"left out: {f.reason}"
+                click.echo(f"  {_human(f.size):>9}  {f.kind:<9} {f.path}  ({fate})")
 
 
 @main.command()
@@ -97,14 +102,59 @@ def validate(run_dir: Path, quiet: bool) -> None:
 @click.option("--out", type=click.Path(path_type=Path), help="Stage the repo tree here; no network, no token.")
 @click.option("--template", "template_dir", type=click.Path(path_type=Path, file_okay=False),
               help="Use your own copy of the card templates.")
-def publish(run_dir: Path, out: Path | None, template_dir: Path | None) -> None:
-    """Publish RUN_DIR as a versioned Hub repo (or stage it with --out)."""
-    from .publish import stage_run
+@click.option("--repo-id", help="OWNER/NAME on the Hub (default: repo_id in hubkit.yaml).")
+@click.option("--private", is_flag=True, help="Create the repo private (an existing repo keeps its visibility).")
+@click.option("--revision", help="Branch to commit to (created from main if missing). Default: main.")
+@click.option("--version", "version", help="Tag to create (default: the highest vN + 1).")
+@click.option("--message", "-m", help="Commit message; also heads this version's history line.")
+@click.option("--dry-run", is_flag=True, help="Print the plan (files, sizes, version, card); write nothing.")
+@click.option("--with-weights", is_flag=True, help="Also upload the run's weights folder.")
+@click.option("--create-pr", is_flag=True, help="Open a pull request instead of committing to the branch.")
+@click.option("--dataset-repo", help="Also publish contrast sets and per-task results as this Hub dataset.")
+@click.option("--record-regeneration", "regen_base", type=click.Path(path_type=Path, file_okay=False),
+              help="Base checkpoint folder: record its shard sha256s in the regeneration recipe.")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def publish(run_dir: Path, out: Path | None, template_dir: Path | None, repo_id: str | None, private: bool,
+            revision: str | None, version: str | None, message: str | None, dry_run: bool, with_weights: bool,
+            create_pr: bool, dataset_repo: str | None, regen_base: Path | None, no_progress: bool) -> None:
+    """Publish RUN_DIR as a versioned Hub repo: one commit and a vN tag (or stage it with --out).
 
-    if out is None:
-        raise click.UsageError("give --out DIR to stage the repo")
-    result = stage_run(run_dir, out, template_dir=template_dir)
-    click.echo(f"staged {len(result.files)} files ({_human(result.total_size)}) in {out}")
+    The endpoint and token are huggingface_hub's own settings (HF_ENDPOINT, HF_TOKEN, `hf auth login`).
+    """
+    if out is not None:
+        from .publish import stage_run
+
+        staged = stage_run(run_dir, out, template_dir=template_dir)
+        click.echo(f"staged {len(staged.files)} files ({_human(staged.total_size)}) in {out}")
+        return
+    if not repo_id:
+        from .manifest import load_manifest
+
+        if not load_manifest(run_dir).repo_id:
+            raise click.UsageError("give --repo-id OWNER/NAME (or set repo_id in hubkit.yaml), or --out DIR")
+    from .publish import publish as do_publish
+
+    result = do_publish(run_dir, repo_id=repo_id, private=private, revision=revision, version=version,
+                        message=message, dry_run=dry_run, with_weights=with_weights, create_pr=create_pr,
+                        dataset_repo=dataset_repo, template_dir=template_dir, progress=not no_progress,
+                        record_regeneration=regen_base)
+    plan = result.plan
+    if dry_run:
+        click.echo(plan.render())
+        return
+    for n in result.notes:
+        click.echo(f"note: {n}")
+    if result.nothing_changed:
+        click.echo(f"nothing changed; {result.version} is current ({result.url})")
+    elif result.pr_url:
+        click.echo(f"opened {result.pr_url} with {result.version}: {plan.summary}")
+    else:
+        click.echo(f"published {result.version} to {result.url} (commit {str(result.commit)[:12]}): "
+                   f"{len(plan.adds)} added, {len(plan.changes)} changed, {len(plan.deletes)} removed, "
+                   f"{_human(result.uploaded_bytes)} sent")
+    if result.dataset_repo:
+        click.echo(f"companion dataset: {result.dataset_repo}"
+                   + (f" (commit {result.dataset_commit[:12]})" if result.dataset_commit else ""))
 
 
 
@@ -141,6 +191,95 @@ def pull_command(repo: str, revision: str | None, out: Path) -> None:
 
     res = pull(repo, revision=revision, out=out)
     click.echo(f"pulled {repo}@{res.commit[:12]} ({len(res.files)} files) into {res.path}")
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "output", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write the card here (and the plots it embeds under assets/ beside it); default: stdout.")
+@click.option("--template", "template_dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Use your own copy of the card templates (any subset of them).")
+def card(run_dir: Path, output: Path | None, template_dir: Path | None) -> None:
+    """Render the model card a publish of RUN_DIR would commit."""
+    from .card import card_for_run
+
+    rendered = card_for_run(run_dir, template_dir=template_dir)
+    if output is None:
+        click.echo(rendered.text, nl=False)
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(rendered.text, encoding="utf-8")
+    for rel, data in rendered.assets.items():
+        (output.parent / rel).parent.mkdir(parents=True, exist_ok=True)
+        (output.parent / rel).write_bytes(data)
+    extra = f" and {len(rendered.assets)} asset(s)" if rendered.assets else ""
+    click.echo(f"wrote {output}{extra}")
+
+
+class _ArmCounts(click.ParamType):
+    """``ID=PASSES/N`` as used by ``hubkit stats --arm``."""
+
+    name = "ID=PASSES/N"
+
+    def convert(self, value, param, ctx):
+        import re
+
+        if isinstance(value, tuple):
+            return value
+        m = re.fullmatch(r"\s*([^=\s]+)\s*=\s*(\d+)\s*/\s*(\d+)\s*", value)
+        if not m:
+            self.fail(f"'{value}' is not ID=PASSES/N (e.g. abl=7/89)", param, ctx)
+        arm, passes, n = m.group(1), int(m.group(2)), int(m.group(3))
+        if n < 1 or passes > n:
+            self.fail(f"'{value}': need 0 <= passes <= N and N >= 1", param, ctx)
+        return arm, passes, n
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path), required=False)
+@click.option("--arm", "arms", multiple=True, type=_ArmCounts(), help="Quick counts, e.g. --arm abl=7/89 (repeat).")
+@click.option("--baseline", help="The --arm every other arm is tested against.")
+@click.option("--alternative", type=click.Choice(["greater", "less", "two-sided"]),
+              help="Fisher sidedness; greater = H1: arm > baseline (default for --arm; a run uses its own).")
+def stats(run_dir: Path | None, arms: tuple, baseline: str | None, alternative: str | None) -> None:
+    """Print results tables with every test: for RUN_DIR's evaluations, or for --arm counts."""
+    from .stats import report_counts, report_run
+
+    if run_dir is not None:
+        if arms or baseline:
+            raise click.UsageError("give RUN_DIR or --arm counts, not both")
+        click.echo(report_run(run_dir, alternative), nl=False)
+        return
+    if not arms:
+        raise click.UsageError("give RUN_DIR or at least one --arm ID=PASSES/N")
+    ids = [a[0] for a in arms]
+    if len(set(ids)) != len(ids):
+        raise click.BadParameter("each --arm needs its own ID", param_hint="--arm")
+    if baseline is not None and baseline not in ids:
+        raise click.BadParameter(f"'{baseline}' is not one of the arms ({', '.join(ids)})", param_hint="--baseline")
+    click.echo(report_counts(list(arms), baseline, alternative or "greater"), nl=False)
+
+
+@main.command("regenerate")
+@click.argument("repo_or_dir")
+@click.option("--revision", help="Tag (e.g. v2), branch or commit of a Hub repo; resolved once to a commit.")
+@click.option("--base-model", help="Base checkpoint: a Hub id (must be the recorded one) or a local folder.")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False),
+              help="Model folder to write (default: ./<base>-<direction>-abliterated).")
+@click.option("--push-to", help="Publish the folder as this model repo (OWNER/NAME).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Exit 1 when shards differ from the recorded sha256s.")
+@click.option("--plan", "plan_only", is_flag=True, help="Print which tensor gets which operation; write nothing.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def regenerate_command(repo_or_dir: str, revision: str | None, base_model: str | None, out: Path | None,
+                       push_to: str | None, device: str, verify: bool, plan_only: bool, no_progress: bool) -> None:
+    """Rebuild the abliterated weights of REPO_OR_DIR from its published direction and the base model."""
+    from .regenerate import regenerate
+
+    res = regenerate(repo_or_dir, revision=revision, base_model=base_model, out=out, device=device, verify=verify,
+                     plan_only=plan_only, push_to=push_to, progress=not no_progress)
+    click.echo(res.plan.render() if plan_only else res.summary())
+
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -42,6 +42,15 @@ class Ranking:
         return int(min(self.rows, key=key)["layer"])
 
 
+def _bounds(column: str) -> tuple[float, float] | None:
+    """Metrics with a fixed range: a value outside it is a bug in the run, not a great layer."""
+    if column in ("auc", "accuracy", "acc") or column.startswith("auc_"):
+        return (0.0, 1.0)
+    if column.startswith("cos"):
+        return (-1.0, 1.0)
+    return None
+
+
 def read_ranking(path: Path, display: str) -> Ranking:
     cols, rows = read_csv(path, display)
     if "layer" not in cols:
@@ -59,6 +68,9 @@ def read_ranking(path: Path, display: str) -> Ranking:
         row = {"layer": float(int(v))}
         for c in numeric:
             f = parse_float(r[c]) if r[c] != "" else math.nan
+            bounds = _bounds(c)
+            if bounds and not math.isnan(f) and not bounds[0] <= f <= bounds[1]:  # type: ignore[operator]
+                raise ArtifactError(f"{display}:{line}: {c} = {r[c]} is outside [{bounds[0]:g}, {bounds[1]:g}]")
             row[c] = f  # type: ignore[assignment]
         out.append(row)
     if not out:

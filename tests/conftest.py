@@ -161,3 +161,4 @@ def fast_retries(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
 
 # --- fixtures from other modules: import them below this line ------------------------------------------------
+pytest_plugins = ["tests.golden_plugin"]

@@ -215,3 +215,10 @@ def test_validate_without_tensors_does_not_import_torch(tmp_path):
             "heavy = [m for m in ('torch', 'transformers', 'pandas', 'scipy', 'datasets') if m in sys.modules]\n"
             "assert not heavy, heavy\n")
     subprocess.run([sys.executable, "-c", code, str(root)], check=True)
+
+
+def test_ranking_metric_out_of_range(tmp_path):
+    problems = run_with(tmp_path, "ranking: r.csv\n", {"r.csv": "layer,auc,cos_v2\n1,0.5,0.1\n2,1.01,0.2\n"})
+    assert problems == ["r.csv:3: auc = 1.01 is outside [0, 1]"]
+    problems = run_with(tmp_path, "ranking: r.csv\n", {"r.csv": "layer,auc,cos_v2\n1,0.5,-1.2\n"})
+    assert problems == ["r.csv:2: cos_v2 = -1.2 is outside [-1, 1]"]
