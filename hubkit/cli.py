@@ -124,7 +124,13 @@ def publish(run_dir: Path, out: Path | None, template_dir: Path | None, repo_id:
     if out is not None:
         from .publish import stage_run
 
-        staged = stage_run(run_dir, out, template_dir=template_dir)
+        hub_only = {"--repo-id": repo_id, "--private": private, "--revision": revision, "--version": version,
+                    "--message": message, "--dry-run": dry_run, "--create-pr": create_pr,
+                    "--dataset-repo": dataset_repo, "--record-regeneration": regen_base}
+        clash = [name for name, value in hub_only.items() if value]
+        if clash:
+            raise click.UsageError(f"--out stages the tree locally; {', '.join(clash)} only apply to a Hub publish")
+        staged = stage_run(run_dir, out, template_dir=template_dir, with_weights=with_weights)
         click.echo(f"staged {len(staged.files)} files ({_human(staged.total_size)}) in {out}")
         return
     if not repo_id:

@@ -67,8 +67,16 @@ class RemoteState:
     tags: dict[str, str] = field(default_factory=dict)  # tag name -> commit
     files: dict[str, RemoteFile] = field(default_factory=dict)
     meta: dict[str, Any] | None = None  # the previous hubkit.json
-    readme: str | None = None
     notes: list[str] = field(default_factory=list)
+    _readme: str | None = field(default=None, repr=False)
+    _readme_loader: Callable[[], str | None] | None = field(default=None, repr=False)
+
+    @property
+    def readme(self) -> str | None:
+        """The README at the head, fetched on first use (an unchanged re-publish never needs it)."""
+        if self._readme_loader is not None:
+            self._readme, self._readme_loader = self._readme_loader(), None
+        return self._readme
 
     @property
     def owned(self) -> set[str]:
@@ -413,8 +421,9 @@ class Hub:
             state.meta = self._read_meta(repo_id, state, meta_file)
         readme = state.files.get(CARD)
         if readme is not None and readme.size <= MAX_README_BYTES:
-            raw = self.download(repo_id, CARD, revision=state.head, repo_type=repo_type).read_bytes()
-            state.readme = raw.decode("utf-8", errors="replace")
+            head = state.head
+            state._readme_loader = lambda: self.download(repo_id, CARD, revision=head, repo_type=repo_type
+                                                         ).read_bytes().decode("utf-8", errors="replace")
         return state
 
     def _read_meta(self, repo_id: str, state: RemoteState, meta_file: RemoteFile) -> dict[str, Any] | None:
@@ -541,10 +550,3 @@ def stale_error(repo_id: str, parent: str | None) -> HubError:
     return HubError(f"the repo changed since {since} (someone else published to {repo_id}); nothing was "
                     f"committed: re-run to publish on top of it")
 
-
-def load_json_bytes(data: bytes) -> Any:
-    """Parse downloaded metadata as JSON (never pickle); ``None`` if it isn't JSON."""
-    try:
-        return json.loads(data.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError):
-        return None
