@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .errors import HubkitError
+from .formatting import human_size
 from .stats import EvaluationStats, analyze_evaluation, format_ci, format_p, format_pct
 
 if TYPE_CHECKING:
@@ -705,16 +706,6 @@ def _embed(text: str, top: int = 3) -> str:
 # --------------------------------------------------------------------------- rendering
 
 
-def _human(n: float | None) -> str:
-    if n is None:
-        return "—"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
-
-
 def _layer(layer: int | None, convention: str) -> str:
     return "—" if layer is None else f"{layer} ({convention})"
 
@@ -749,7 +740,7 @@ def _bib(text: str) -> str:
     return "{" + re.sub(r"([&%#_$])", r"\\\1", str(text)) + "}"
 
 
-FILTERS = {"pct": format_pct, "p": format_p, "ci": format_ci, "size": _human, "layer": _layer, "span": _span,
+FILTERS = {"pct": format_pct, "p": format_p, "ci": format_ci, "size": human_size, "layer": _layer, "span": _span,
            "num": _num, "cell": _cell, "quote": _quote, "bib": _bib, "sentence": _sentence}
 
 

@@ -10,6 +10,7 @@ import click
 
 from . import __version__
 from .errors import HubkitError, ValidationFailed
+from .formatting import human_size
 
 
 class _Group(click.Group):
@@ -42,14 +43,6 @@ def main(ctx: click.Context, debug: bool) -> None:
     """Publish steering and abliteration runs to the Hugging Face Hub, honestly, and use them."""
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
 
 
 @main.command()
@@ -86,7 +79,7 @@ def validate(run_dir: Path, quiet: bool, list_files: bool) -> None:
         inc = run.included_files
         click.echo(f"ok: {run.manifest.title} — {len(run.directions)} direction(s), {len(run.rankings)} "
                    f"ranking(s), {len(run.contrasts)} contrast set(s), {len(run.evaluations)} evaluation(s); "
-                   f"{len(inc)} files, {_human(sum(f.size for f in inc))} to publish")
+                   f"{len(inc)} files, {human_size(sum(f.size for f in inc))} to publish")
         for d in run.directions:
             click.echo(f"  direction {d.name}: layers {d.layer_ids[0]}–{d.layer_ids[-1]} "
                        f"({len(d.layers)}, {d.layer_convention} convention), d={d.d}, "
@@ -94,7 +87,7 @@ def validate(run_dir: Path, quiet: bool, list_files: bool) -> None:
         if list_files:
             for f in run.files:
                 fate = "publish" if f.included else f"left out: {f.reason}"
-                click.echo(f"  {_human(f.size):>9}  {f.kind:<9} {f.path}  ({fate})")
+                click.echo(f"  {human_size(f.size):>9}  {f.kind:<9} {f.path}  ({fate})")
 
 
 @main.command()
@@ -131,7 +124,7 @@ def publish(run_dir: Path, out: Path | None, template_dir: Path | None, repo_id:
         if clash:
             raise click.UsageError(f"--out stages the tree locally; {', '.join(clash)} only apply to a Hub publish")
         staged = stage_run(run_dir, out, template_dir=template_dir, with_weights=with_weights)
-        click.echo(f"staged {len(staged.files)} files ({_human(staged.total_size)}) in {out}")
+        click.echo(f"staged {len(staged.files)} files ({human_size(staged.total_size)}) in {out}")
         return
     if not repo_id:
         from .manifest import load_manifest
@@ -157,7 +150,7 @@ def publish(run_dir: Path, out: Path | None, template_dir: Path | None, repo_id:
     else:
         click.echo(f"published {result.version} to {result.url} (commit {str(result.commit)[:12]}): "
                    f"{len(plan.adds)} added, {len(plan.changes)} changed, {len(plan.deletes)} removed, "
-                   f"{_human(result.uploaded_bytes)} sent")
+                   f"{human_size(result.uploaded_bytes)} sent")
     if result.dataset_repo:
         click.echo(f"companion dataset: {result.dataset_repo}"
                    + (f" (commit {result.dataset_commit[:12]})" if result.dataset_commit else ""))

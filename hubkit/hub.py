@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import HubError
+from .formatting import human_size
 from .package import CARD, HUBKIT_JSON, Package, PackageFile
 
 if TYPE_CHECKING:
@@ -167,11 +168,11 @@ class PublishPlan:
             lines.append(f"summary: {self.summary}")
             for sign, items in (("+", self.adds), ("~", self.changes), ("-", self.deletes)):
                 for f in items:
-                    size = _human(f.size) if sign != "-" else f"was {_human(f.size)}"
+                    size = human_size(f.size) if sign != "-" else f"was {human_size(f.size)}"
                     lines.append(f"  {sign} {f.path} ({size})")
             lines.append(f"  = {len(self.unchanged)} unchanged file(s) stay as they are")
             lines.append(f"{len(self.adds)} to add, {len(self.changes)} to change, {len(self.deletes)} to delete; "
-                         f"{_human(self.upload_bytes)} to upload at most")
+                         f"{human_size(self.upload_bytes)} to upload at most")
         for n in self.notes:
             lines.append(f"note: {n}")
         if self.dataset is not None:
@@ -202,16 +203,8 @@ class DatasetPlanView:
             return [f"{head}: unchanged"]
         out = [f"{head}:" + (" would create the repo" if self.create_repo else "")]
         for sign, items in (("+", self.adds), ("~", self.changes), ("-", self.deletes)):
-            out += [f"  {sign} {f.path} ({_human(f.size)})" for f in items]
+            out += [f"  {sign} {f.path} ({human_size(f.size)})" for f in items]
         return out
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
 
 
 def git_blob_sha1(pf: PackageFile) -> str:
@@ -428,7 +421,7 @@ class Hub:
 
     def _read_meta(self, repo_id: str, state: RemoteState, meta_file: RemoteFile) -> dict[str, Any] | None:
         if meta_file.size > MAX_JSON_BYTES:
-            state.notes.append(f"{HUBKIT_JSON} on the Hub is {_human(meta_file.size)}: not hubkit's; "
+            state.notes.append(f"{HUBKIT_JSON} on the Hub is {human_size(meta_file.size)}: not hubkit's; "
                                f"treating this as a first publish (nothing will be deleted)")
             return None
         path = self.download(repo_id, HUBKIT_JSON, revision=state.head, repo_type=state.repo_type)
