@@ -51,6 +51,25 @@ class Package:
     def total_size(self) -> int:
         return sum(f.size for f in self.files)
 
+    def replace_file(self, path: str, data: bytes) -> None:
+        """Swap a generated file's bytes and keep hubkit.json's file list (and its bytes) in step."""
+        pf = self.file(path)
+        if pf is None or path == HUBKIT_JSON:
+            raise KeyError(path)
+        pf.data, pf.size, pf.sha256, pf.source = data, len(data), sha256_bytes(data), None
+        for entry in self.meta.get("files", []):
+            if entry.get("path") == path:
+                entry["size"], entry["sha256"] = pf.size, pf.sha256
+        blob = meta_bytes(self.meta)
+        hj = self.file(HUBKIT_JSON)
+        if hj is not None:
+            hj.data, hj.size, hj.sha256 = blob, len(blob), sha256_bytes(blob)
+
+
+def meta_bytes(meta: dict[str, Any]) -> bytes:
+    """hubkit.json as written: indented, key order kept, UTF-8."""
+    return (json.dumps(meta, indent=2, sort_keys=False, ensure_ascii=False) + "\n").encode("utf-8")
+
 
 # --------------------------------------------------------------------------- hashing with a cache
 
@@ -220,7 +239,7 @@ def build_package(
     listed = sorted(files.values(), key=lambda f: f.path)
     meta["files"] = [{"path": f.path, "size": f.size, "sha256": f.sha256, "kind": f.kind} for f in listed]
     meta["owned"] = sorted([f.path for f in listed] + [HUBKIT_JSON])
-    blob = (json.dumps(meta, indent=2, sort_keys=False, ensure_ascii=False) + "\n").encode("utf-8")
+    blob = meta_bytes(meta)
     files[HUBKIT_JSON] = PackageFile(HUBKIT_JSON, len(blob), sha256_bytes(blob), "metadata", data=blob)
     return Package(files=sorted(files.values(), key=lambda f: f.path), meta=meta, notes=list(run.notes))
 

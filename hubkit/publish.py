@@ -465,22 +465,8 @@ def _merge_card(package: Package, state: RemoteState, notes: list[str]) -> None:
         return
     merged = dict(new, **{k: old[k] for k in kept})
     text = "---\n" + yaml.safe_dump(merged, sort_keys=False, allow_unicode=True) + "---\n" + body
-    _replace_generated(package, CARD, text.encode("utf-8"))
+    package.replace_file(CARD, text.encode("utf-8"))
     notes.append(f"README.md on the Hub was {who}; kept its front-matter key(s) {', '.join(map(str, kept))}")
-
-
-def _replace_generated(package: Package, path: str, data: bytes) -> None:
-    """Swap a generated file's bytes and keep hubkit.json's file list (and bytes) in step."""
-    pf = package.file(path)
-    assert pf is not None
-    pf.data, pf.size, pf.sha256, pf.source = data, len(data), sha256_bytes(data), None
-    for entry in package.meta.get("files", []):
-        if entry.get("path") == path:
-            entry["size"], entry["sha256"] = pf.size, pf.sha256
-    blob = (json.dumps(package.meta, indent=2, sort_keys=False, ensure_ascii=False) + "\n").encode("utf-8")
-    hj = package.file(HUBKIT_JSON)
-    assert hj is not None
-    hj.data, hj.size, hj.sha256 = blob, len(blob), sha256_bytes(blob)
 
 
 def _operations(package: Package, plan: PublishPlan) -> list[Any]:
