@@ -1,6 +1,8 @@
 """hubkit: publish steering and abliteration runs to the Hugging Face Hub, and use what was published.
 
-Imports stay light (no torch, transformers or pandas) until a function needs them.
+Imports stay light (no torch, transformers or pandas) until a function needs them. Functions named like
+their module (``hubkit.publish.publish``, ``hubkit.regenerate.regenerate``) are imported from the module,
+since ``hubkit.publish`` is the module once it has been imported.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ _LAZY = {
     "validate_run": "run",
     "build_package": "package",
     "stage": "package",
-    "regenerate": "regenerate",
+    "stage_run": "publish",
     "export_gguf": "gguf_export",
 }
 
