@@ -1,0 +1,273 @@
+"""Benchmark ``hubkit regenerate`` against a plain copy and the transformers recipe, side by side.
+
+On a synthetic checkpoint with the real Qwen3.5-4B shapes (``make_synthetic_checkpoint.py``, ~9.3 GB bf16):
+
+* **copy**: ``shutil.copyfile`` of every shard + fsync, the floor (every byte read and written once);
+* **hubkit**: ``python -m hubkit.cli regenerate`` (CPU, and CUDA with ``--devices cpu,cuda``);
+* **transformers**: ``from_pretrained`` → edit the modules the seed way → ``save_pretrained`` → sync.
+
+Each run is a child process: wall time includes interpreter start and imports, and its peak RSS comes from
+``os.wait4``. Runs alternate (copy, hubkit, copy, hubkit, …) so drift in the machine's load hits both; the
+source shards are read once before each run (warm page cache) unless ``--cold`` drops the caches (root).
+``--small-layers N`` also runs hubkit on an N-block variant, to show peak RSS does not grow with the model.
+Shard sha256s of every hubkit run are compared (determinism, and CPU vs CUDA).
+
+    python benchmarks/bench_regenerate.py --workdir /tmp/bench [--devices cpu,cuda] [--repeats 2]
+
+Prints a markdown table and writes ``benchmarks/out/regenerate-<label>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(REPO))
+
+LAYER = 22  # the seed recipe's layer (block convention here)
+
+
+def _drop_caches() -> bool:
+    try:
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def _warm(ckpt: Path) -> None:
+    """Read the shards once (in a child: this process stays small, see :func:`_recipe`)."""
+    subprocess.run(["cat", *map(str, sorted(ckpt.glob("*.safetensors")))], stdout=subprocess.DEVNULL, check=True)
+
+
+def _child(argv: list[str], env: dict[str, str] | None = None) -> dict:
+    """Run argv; wall seconds, peak RSS (MiB) of the child, exit status, and its output's tail."""
+    t = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    out = proc.stdout.read() if proc.stdout else b""
+    _, status, ru = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return {"wall_s": round(wall, 2), "peak_rss_mib": round(ru.ru_maxrss / 1024, 1), "rc": proc.returncode,
+            "user_s": round(ru.ru_utime, 1), "sys_s": round(ru.ru_stime, 1),
+            "tail": out.decode(errors="replace")[-1500:]}
+
+
+COPY_SNIPPET = """
+import os, shutil, sys
+src, dst = sys.argv[1], sys.argv[2]
+os.makedirs(dst)
+for name in sorted(os.listdir(src)):
+    shutil.copyfile(os.path.join(src, name), os.path.join(dst, name))
+for name in sorted(os.listdir(dst)):
+    fd = os.open(os.path.join(dst, name), os.O_RDONLY); os.fsync(fd); os.close(fd)
+"""
+
+TRANSFORMERS_SNIPPET = """
+import os, sys, torch
+from safetensors.torch import load_file
+from transformers import AutoModelForImageTextToText
+ckpt, out, rpath, device = sys.argv[1:5]
+r = next(iter(load_file(rpath).values())).double()
+r = (r / r.norm()).float().to(device)
+model = AutoModelForImageTextToText.from_pretrained(ckpt, dtype=torch.bfloat16).to(device)
+lm = model.model.language_model
+with torch.no_grad():
+    w = lm.embed_tokens.weight
+    w.copy_((w.float() - torch.outer(w.float() @ r, r)).to(w.dtype))
+    for layer in lm.layers:
+        attn = getattr(layer, "self_attn", None) or layer.linear_attn
+        for mod in (getattr(attn, "o_proj", None) or attn.out_proj, layer.mlp.down_proj):
+            wf = mod.weight.float()
+            mod.weight.copy_((wf - torch.outer(r, r @ wf)).to(mod.weight.dtype))
+model.save_pretrained(out)
+os.sync()
+"""
+
+
+def _recipe(root: Path, d: int, layer: int = LAYER) -> tuple[Path, Path]:
+    """A staged recipe (hubkit.json + canonical direction) for ``layer`` of a d-dim model.
+
+    Runs in a child process: this process stays free of torch, because a child's peak RSS (ru_maxrss) starts
+    from its parent's size at fork.
+    """
+    subprocess.run([sys.executable, __file__, "--make-recipe", str(root), str(d), str(layer)], check=True, cwd=REPO,
+                   env={**os.environ, "PYTHONPATH": str(REPO)})
+    return root, root / "vectors" / "refusal.safetensors"
+
+
+def _make_recipe(root: Path, d: int, layer: int) -> None:
+    import torch
+
+    from hubkit.directions import DirectionSet, write_canonical
+
+    if root.exists():
+        shutil.rmtree(root)
+    g = torch.Generator().manual_seed(0)
+    ds = DirectionSet("refusal", {layer: torch.randn(d, generator=g)}, selected_layer=layer)
+    path = root / "vectors" / "refusal.safetensors"
+    write_canonical(ds, path)
+    meta = {
+        "hubkit_version": "0.1.0", "version": "v1",
+        "run": {"title": "benchmark", "base_model": "Qwen/Qwen3.5-4B", "base_model_revision": None},
+        "files": [],
+        "directions": [{"name": "refusal", "file": "vectors/refusal_dir.pt", "canonical": "vectors/refusal.safetensors",
+                        "layers": [layer], "d": d, "selected_layer": layer, "layer_convention": "block",
+                        "unit_norm": False}],
+        "regenerate": {"direction": "refusal", "layer": layer, "layer_convention": "block",
+                       "targets": ["embed_tokens", "attn_out", "mlp_down"], "base_model": "Qwen/Qwen3.5-4B",
+                       "base_model_revision": None},
+    }
+    (root / "hubkit.json").write_text(json.dumps(meta, indent=2))
+
+
+def _card_hashes(out: Path) -> dict[str, str]:
+    text = (out / "README.md").read_text()
+    return dict(re.findall(r"\| `([^`]+\.safetensors)` \| `([0-9a-f]{64})` \|", text))
+
+
+def _size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.glob("*.safetensors"))
+
+
+def main() -> None:
+    if len(sys.argv) == 5 and sys.argv[1] == "--make-recipe":
+        _make_recipe(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+        return
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workdir", type=Path, required=True, help="Where the checkpoint and outputs go (~30 GB).")
+    ap.add_argument("--devices", default="cpu", help="hubkit devices, e.g. cpu,cuda")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--transformers-devices", default=None, help="default: the last of --devices; 'none' skips")
+    ap.add_argument("--small-layers", type=int, default=8, help="0 skips the RSS-vs-size run")
+    ap.add_argument("--cold", action="store_true", help="drop the page cache before each run (root)")
+    ap.add_argument("--keep", action="store_true", help="keep the checkpoints")
+    ap.add_argument("--label", default=platform.node() or "local")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+
+    from make_synthetic_checkpoint import config_for, write_checkpoint
+
+    work = args.workdir
+    work.mkdir(parents=True, exist_ok=True)
+    ckpt = work / "qwen3.5-4b-synthetic"
+    gen_s = None
+    if not (ckpt / "model.safetensors.index.json").is_file():
+        t = time.perf_counter()
+        write_checkpoint(ckpt, config_for(32), int(3e9), log=lambda *a: None)
+        gen_s = round(time.perf_counter() - t, 1)
+    recipe, rfile = _recipe(work / "recipe", 2560)
+    devices = [d for d in args.devices.split(",") if d]
+    tdevs = args.transformers_devices or devices[-1]
+    tdevs_list = [] if tdevs == "none" else tdevs.split(",")
+    py = sys.executable
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
+
+    results: dict[str, list[dict]] = {}
+    hashes: dict[str, list[dict[str, str]]] = {}
+
+    def run(name: str, argv: list[str], out: Path, src: Path = ckpt) -> None:
+        if out.exists():
+            shutil.rmtree(out)
+        cold = _drop_caches() if args.cold else False
+        if not args.cold:
+            _warm(src)
+        res = _child(argv, env)
+        res["cold_cache"] = cold
+        if res["rc"] != 0:
+            print(f"{name} failed (rc {res['rc']}):\n{res['tail']}", file=sys.stderr)
+        elif name.startswith("hubkit"):
+            res["shard_sha256"] = _card_hashes(out)
+            if src == ckpt:
+                hashes.setdefault(name, []).append(res["shard_sha256"])
+        results.setdefault(name, []).append(res)
+        print(f"  {name}: {res['wall_s']} s, peak RSS {res['peak_rss_mib']} MiB", flush=True)
+        shutil.rmtree(out, ignore_errors=True)
+
+    out = work / "out"
+    for _ in range(args.repeats):
+        run("copy", [py, "-c", COPY_SNIPPET, str(ckpt), str(out)], out)
+        for dev in devices:
+            run(f"hubkit-{dev}", [py, "-m", "hubkit.cli", "regenerate", str(recipe), "--base-model", str(ckpt),
+                                  "--out", str(out), "--no-progress", "--device", dev], out)
+    for dev in tdevs_list:
+        run(f"transformers-{dev}", [py, "-c", TRANSFORMERS_SNIPPET, str(ckpt), str(out), str(rfile), dev], out)
+
+    small = None
+    if args.small_layers:
+        small = work / f"qwen3.5-{args.small_layers}L-synthetic"
+        if not (small / "model.safetensors.index.json").is_file():
+            write_checkpoint(small, config_for(args.small_layers), int(3e9), log=lambda *a: None)
+        small_recipe, _ = _recipe(work / "recipe-small", 2560, args.small_layers // 2)
+        run(f"hubkit-{devices[0]}-{args.small_layers}L",
+            [py, "-m", "hubkit.cli", "regenerate", str(small_recipe), "--base-model", str(small), "--out", str(out),
+             "--no-progress", "--device", devices[0]], out, src=small)
+
+    def median(name: str) -> float | None:
+        ok = sorted(r["wall_s"] for r in results.get(name, []) if r["rc"] == 0)
+        return ok[len(ok) // 2] if ok else None
+
+    copy_s = median("copy")
+    rows = []
+    for name in results:
+        m = median(name)
+        rss = max(r["peak_rss_mib"] for r in results[name])
+        ratio = f"{m / copy_s:.2f}×" if m and copy_s else "–"
+        rows.append(f"| {name} | {m if m is not None else 'failed'} | {ratio} | {rss:.0f} |")
+    speedups = {}
+    for dev in devices:
+        h = median(f"hubkit-{dev}")
+        for tdev in tdevs_list:
+            tr = median(f"transformers-{tdev}")
+            if h and tr:
+                speedups[f"transformers-{tdev} / hubkit-{dev}"] = round(tr / h, 2)
+    all_hashes = [h for runs in hashes.values() for h in runs if h]
+    deterministic = len({json.dumps(h, sort_keys=True) for h in all_hashes}) == 1 if all_hashes else None
+
+    probe = "import torch; print(torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
+    torch_version, _, gpu = subprocess.run([py, "-c", probe], capture_output=True, text=True).stdout.strip().partition(" ")
+    report = {
+        "label": args.label,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch_version,
+                    "cuda": gpu or None, "load_avg_end": os.getloadavg()},
+        "checkpoint": {"bytes": _size(ckpt), "shards": len(list(ckpt.glob("*.safetensors"))), "generate_s": gen_s},
+        "small_checkpoint_bytes": _size(small) if small else None,
+        "cold_cache": args.cold,
+        "runs": results,
+        "median_wall_s": {k: median(k) for k in results},
+        "ratio_to_copy": {k: round(median(k) / copy_s, 3) for k in results if median(k) and copy_s},
+        "speedup_vs_transformers": speedups,
+        "hubkit_shard_sha256": all_hashes[0] if all_hashes else None,
+        "deterministic_across_runs_and_devices": deterministic,
+    }
+    print(f"\n{_size(ckpt) / 1e9:.2f} GB checkpoint, {report['checkpoint']['shards']} shards, "
+          f"{'cold' if args.cold else 'warm'} page cache, {args.label}\n")
+    print("| run | median wall (s) | vs copy | peak RSS (MiB) |\n| --- | ---: | ---: | ---: |")
+    print("\n".join(rows))
+    for k, v in speedups.items():
+        print(f"\nspeed-up, {k}: {v}×")
+    print(f"\nhubkit shard hashes identical across all runs and devices: {deterministic}")
+    dest = args.json or HERE / "out" / f"regenerate-{args.label}.json"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {dest}")
+    if not args.keep:
+        shutil.rmtree(ckpt, ignore_errors=True)
+        if small:
+            shutil.rmtree(small, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,545 @@
+"""Rebuild abliterated weights from a published direction: recipe + base checkpoint → model folder.
+
+``regenerate`` reads the recipe (``hubkit.json``: from a Hub repo at one resolved commit, a staged tree, or a
+run folder's ``hubkit.yaml``), fetches the base checkpoint (safetensors, config, tokenizer and generation
+config only), checks provenance before writing anything, streams the shards through
+:mod:`hubkit.abliterate` into a temporary folder beside ``--out``, writes the weights card, and renames the
+folder into place. The recorded shard sha256s (``publish --record-regeneration``) make the result verifiable:
+"bit-identical to the published recipe", or the names of the shards that differ.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import __version__
+from .abliterate import (
+    DEFAULT_TARGETS,
+    INDEX_NAME,
+    ExecutionResult,
+    TensorCheck,
+    TensorPlan,
+    build_plan,
+    config_facts,
+    execute_plan,
+    read_config,
+    read_index,
+    staging_dir,
+)
+from .errors import HubError, HubkitError, ProvenanceError
+
+if TYPE_CHECKING:
+    import torch
+
+    from .run import Run
+
+HUBKIT_JSON = "hubkit.json"
+#: what is fetched of a base model and copied into the output (weights are rewritten, the rest copied)
+BASE_PATTERNS = [
+    "*.safetensors",
+    INDEX_NAME,
+    "config.json",
+    "generation_config.json",
+    "tokenizer*",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "*.tiktoken",
+    "tokenizer.model",
+    "chat_template.*",
+    "preprocessor_config.json",
+    "video_preprocessor_config.json",
+    "processor_config.json",
+]
+_COPIED = [p for p in BASE_PATTERNS if p not in ("*.safetensors", INDEX_NAME)]
+_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+_SNAPSHOT = re.compile(r"models--(?P<org>[^/]+?)--(?P<name>[^/]+)/snapshots/(?P<commit>[0-9a-f]{40})/?$")
+
+
+# ====================================================================== the recipe
+
+
+@dataclass
+class Recipe:
+    """What ``hubkit.json``'s ``regenerate`` section (or a run's manifest) says, with the direction resolved."""
+
+    direction_name: str
+    direction: torch.Tensor  # float32 [d], as stored
+    direction_file: str  # as shown to users (repo-relative path)
+    layer: int
+    layer_convention: str
+    targets: tuple[str, ...]
+    base_model: str | None
+    base_model_revision: str | None
+    shards_sha256: dict[str, str] = field(default_factory=dict)
+    model_type: str | None = None
+    source: str = ""  # local path or repo id
+    source_revision: str | None = None  # commit, for a Hub source
+    title: str | None = None
+
+    @property
+    def d(self) -> int:
+        return int(self.direction.numel())
+
+
+def _direction_key(block: int, convention: str) -> int:
+    return block if convention == "block" else block + 1
+
+
+def recipe_from_meta(meta: dict[str, Any], root: Path, *, where: str, source: str, revision: str | None = None,
+                     fetch: Any = None) -> Recipe:
+    """Parse ``hubkit.json``; ``fetch(path) -> Path`` gets a repo file (local root or Hub download)."""
+    from .directions import read_canonical, to_block_index
+
+    regen = meta.get("regenerate")
+    if not isinstance(regen, dict):
+        raise HubkitError(f"{where}: no 'regenerate' recipe (this run publishes no abliteration recipe)")
+    name = regen.get("direction")
+    entry = next((d for d in meta.get("directions") or [] if d.get("name") == name), None)
+    if entry is None or not entry.get("canonical"):
+        raise HubkitError(f"{where}: regenerate.direction '{name}' has no entry with a canonical file in directions")
+    if regen.get("layer") is None:
+        raise HubkitError(f"{where}: regenerate.layer is missing")
+    rel = entry["canonical"]
+    path = fetch(rel) if fetch else root / rel
+    recorded = next((f.get("sha256") for f in meta.get("files") or [] if f.get("path") == rel), None)
+    if recorded:
+        actual = _sha256(Path(path))
+        if actual != recorded:
+            raise ProvenanceError(f"{rel}: sha256 {actual[:12]}… ≠ {recorded[:12]}… recorded in {where} files")
+    ds = read_canonical(path, display=rel)
+    convention = regen.get("layer_convention") or entry.get("layer_convention") or ds.layer_convention
+    layer = int(regen["layer"])
+    block = to_block_index(layer, convention)
+    vec = ds.vector(_direction_key(block, ds.layer_convention))
+    run = meta.get("run") or {}
+    return Recipe(
+        direction_name=str(name),
+        direction=vec,
+        direction_file=rel,
+        layer=layer,
+        layer_convention=convention,
+        targets=tuple(regen.get("targets") or DEFAULT_TARGETS),
+        base_model=regen.get("base_model") or run.get("base_model"),
+        base_model_revision=regen.get("base_model_revision", run.get("base_model_revision")),
+        shards_sha256=dict(regen.get("shards_sha256") or {}),
+        model_type=regen.get("model_type") or run.get("model_type"),
+        source=source,
+        source_revision=revision,
+        title=run.get("title"),
+    )
+
+
+def recipe_from_run(run: Run) -> Recipe:
+    """The recipe of a loaded run (``hubkit.yaml``), as the publish side sees it before anything is staged."""
+    r = run.manifest.regenerate
+    if r is None:
+        raise HubkitError(f"{run.root}/hubkit.yaml: no 'regenerate' recipe")
+    ds = run.direction(r.direction)
+    layer = r.layer if r.layer is not None else ds.selected_layer
+    if layer is None:
+        raise HubkitError(f"{run.root}/hubkit.yaml: regenerate.layer is needed ({ds.source} has several layers)")
+    return Recipe(
+        direction_name=ds.name,
+        direction=ds.vector(layer),
+        direction_file=ds.source or ds.name,
+        layer=int(layer),
+        layer_convention=ds.layer_convention,
+        targets=tuple(r.targets or DEFAULT_TARGETS),
+        base_model=run.manifest.base_model,
+        base_model_revision=run.manifest.base_model_revision,
+        source=str(run.root),
+        title=run.manifest.title,
+    )
+
+
+def load_recipe(source: str | Path | Run, *, revision: str | None = None) -> Recipe:
+    """The recipe of a Hub repo (``revision`` resolved once to a commit), a staged tree, or a run folder."""
+    if not isinstance(source, (str, Path)):
+        return recipe_from_run(source)
+    path = Path(source)
+    if path.exists():
+        if revision:
+            raise HubkitError(f"--revision {revision}: only for a Hub repo, {source} is a local folder")
+        if (path / HUBKIT_JSON).is_file():
+            meta = _read_json(path / HUBKIT_JSON)
+            return recipe_from_meta(meta, path, where=str(path / HUBKIT_JSON), source=str(path))
+        if (path / "hubkit.yaml").is_file():
+            from .run import load_run
+
+            return recipe_from_run(load_run(path))
+        raise HubkitError(f"{path}: neither {HUBKIT_JSON} (a staged or pulled repo) nor hubkit.yaml (a run folder)")
+    if not _REPO_ID.match(str(source)):
+        raise HubkitError(f"{source}: no such folder, and not a Hub repo id (OWNER/NAME)")
+    return _hub_recipe(str(source), revision)
+
+
+def _hub_recipe(repo_id: str, revision: str | None) -> Recipe:
+    from huggingface_hub import HfApi, hf_hub_download
+
+    api = HfApi()
+    try:
+        commit = api.repo_info(repo_id, revision=revision).sha
+    except Exception as e:  # noqa: BLE001 - every Hub failure becomes one line
+        raise HubError(f"{repo_id}{'@' + revision if revision else ''}: can't read the repo ({_first_line(e)})") from e
+
+    def fetch(rel: str) -> Path:
+        try:
+            return Path(hf_hub_download(repo_id, rel, revision=commit))
+        except Exception as e:  # noqa: BLE001
+            raise HubError(f"{repo_id}@{commit[:12]}: can't download {rel} ({_first_line(e)})") from e
+
+    meta = _read_json(fetch(HUBKIT_JSON))
+    return recipe_from_meta(meta, Path("."), where=f"{repo_id}@{commit[:12]}:{HUBKIT_JSON}", source=repo_id,
+                            revision=commit, fetch=fetch)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise HubkitError(f"{path}: not readable JSON ({_first_line(e)})") from e
+    if not isinstance(data, dict):
+        raise HubkitError(f"{path}: expected a JSON object")
+    return data
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ====================================================================== the base checkpoint
+
+
+@dataclass
+class BaseCheckpoint:
+    path: Path
+    repo_id: str | None  # None: a local folder of unknown origin
+    commit: str | None
+    notes: list[str] = field(default_factory=list)
+
+
+def resolve_base(recipe: Recipe, base_model: str | Path | None = None, *, plan_only: bool = False) -> BaseCheckpoint:
+    """Find or fetch the base checkpoint, refusing one that is not the recorded base model / revision."""
+    given = base_model if base_model is not None else recipe.base_model
+    if given is None:
+        raise ProvenanceError(f"{recipe.source}: the recipe records no base_model; pass --base-model")
+    local = Path(given)
+    if local.is_dir():
+        return _local_base(recipe, local)
+    given = str(given)
+    if not _REPO_ID.match(given):
+        raise HubkitError(f"--base-model {given}: no such folder, and not a Hub repo id (OWNER/NAME)")
+    if recipe.base_model and given.lower() != recipe.base_model.lower():
+        raise ProvenanceError(
+            f"--base-model {given} ≠ {recipe.base_model}, the base_model the recipe records ({recipe.source})"
+        )
+    return _hub_base(given, recipe.base_model_revision, plan_only=plan_only)
+
+
+def _local_base(recipe: Recipe, path: Path) -> BaseCheckpoint:
+    m = _SNAPSHOT.search(path.resolve().as_posix())
+    if m is None:
+        return BaseCheckpoint(path, None, None, [f"base is the local folder {path}: its origin can't be checked, only "
+                                                 "its config and tensors"])
+    repo_id, commit = f"{m['org']}/{m['name']}", m["commit"]
+    if recipe.base_model and repo_id.lower() != recipe.base_model.lower():
+        raise ProvenanceError(f"{path}: a snapshot of {repo_id}, the recipe records base_model {recipe.base_model}")
+    rev = recipe.base_model_revision
+    if rev and re.fullmatch(r"[0-9a-f]{40}", rev) and rev != commit:
+        raise ProvenanceError(f"{path}: snapshot of {repo_id} at {commit[:12]}, the recipe records revision {rev[:12]}")
+    return BaseCheckpoint(path, repo_id, commit)
+
+
+def _hub_base(repo_id: str, revision: str | None, *, plan_only: bool) -> BaseCheckpoint:
+    from huggingface_hub import HfApi, snapshot_download
+
+    try:
+        commit = HfApi().model_info(repo_id, revision=revision).sha
+        patterns = BASE_PATTERNS if not plan_only else [p for p in BASE_PATTERNS if p != "*.safetensors"]
+        path = Path(snapshot_download(repo_id, revision=commit, allow_patterns=patterns))
+    except Exception as e:  # noqa: BLE001
+        raise HubError(f"{repo_id}{'@' + revision if revision else ''}: can't fetch the base model "
+                       f"({_first_line(e)})") from e
+    notes = [] if revision else [f"the recipe records no base_model_revision; used {repo_id}@{commit[:12]}"]
+    return BaseCheckpoint(path, repo_id, commit, notes)
+
+
+def _remote_index(base: BaseCheckpoint) -> tuple[list[Any], dict[str, Any]]:
+    """Shards and tensors of a Hub checkpoint from its safetensors headers alone (range requests), for --plan."""
+    from huggingface_hub import HfApi
+
+    from .abliterate import ShardInfo, TensorInfo
+
+    assert base.repo_id is not None
+    try:
+        meta = HfApi().get_safetensors_metadata(base.repo_id, revision=base.commit)
+    except Exception as e:  # noqa: BLE001
+        raise HubError(f"{base.repo_id}: can't read the safetensors headers ({_first_line(e)})") from e
+    shards, tensors = [], {}
+    for fname, fmeta in sorted(meta.files_metadata.items()):
+        end = 0
+        for name, t in fmeta.tensors.items():
+            b, e = t.data_offsets
+            tensors[name] = TensorInfo(name, fname, t.dtype, tuple(t.shape), b, e)
+            end = max(end, e)
+        shards.append(ShardInfo(fname, end, 0))
+    return shards, tensors
+
+
+# ====================================================================== provenance
+
+
+def check_provenance(recipe: Recipe, config: dict[str, Any], base: BaseCheckpoint) -> None:
+    """Refuse a base that doesn't fit the recipe, before anything is written; both values in the message."""
+    where = f"{base.path}/config.json"
+    model_type, d, n_layers = config_facts(config, where)
+    if d != recipe.d:
+        raise ProvenanceError(
+            f"{where}: hidden_size {d} ≠ d={recipe.d} of direction '{recipe.direction_name}' ({recipe.direction_file})"
+        )
+    from .directions import to_block_index
+
+    block = to_block_index(recipe.layer, recipe.layer_convention)
+    if not -1 <= block < n_layers:
+        raise ProvenanceError(
+            f"{where}: recipe layer {recipe.layer} ({recipe.layer_convention}) is block {block}, the model has "
+            f"blocks 0–{n_layers - 1}"
+        )
+    if recipe.model_type:
+        text_type = (config.get("text_config") or {}).get("model_type")
+        if recipe.model_type not in (model_type, text_type):
+            raise ProvenanceError(f"{where}: model_type {model_type} ≠ {recipe.model_type} recorded in the recipe")
+
+
+# ====================================================================== regenerate
+
+
+@dataclass
+class RegenerateResult:
+    """What a regeneration did: where the folder is, its shard hashes, and how it compares with the recipe."""
+
+    out: Path | None
+    plan: TensorPlan
+    shards_sha256: dict[str, str]
+    verification: str  # "bit-identical" | "differs" | "not recorded" | "not run" (plan only)
+    differing: list[str]
+    worst: TensorCheck | None
+    orthogonal: bool
+    recipe: Recipe
+    base: BaseCheckpoint
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def worst_ratio(self) -> float | None:
+        return None if self.worst is None else self.worst.after
+
+    def summary(self) -> str:
+        lines = [self.plan.summary()]
+        if self.out is not None:
+            lines.append(f"wrote {self.out}")
+        if self.verification == "bit-identical":
+            lines.append(f"bit-identical to the published recipe ({len(self.shards_sha256)} shard(s))")
+        elif self.verification == "differs":
+            lines.append(f"differs from the published recipe in: {', '.join(self.differing)}")
+        elif self.verification == "not recorded":
+            lines.append("the recipe records no shard sha256s (publish --record-regeneration); not compared")
+        if self.worst is not None:
+            w = self.worst
+            lines.append(
+                f"worst ‖rᵀW‖/‖W‖ after: {w.after:.2e} ({w.name}, {w.dtype}, rounding level {w.threshold:.1e}; "
+                f"before: {w.before:.2e})"
+            )
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+class VerificationFailed(HubkitError):
+    """The regenerated shards differ from the recorded ones (or a matrix kept a component along r)."""
+
+    def __init__(self, message: str, result: RegenerateResult):
+        super().__init__(message)
+        self.result = result
+
+
+def _check_push_wired() -> Any:
+    from . import publish
+
+    fn = getattr(publish, "push_model_folder", None)
+    if fn is None:
+        raise HubkitError("--push-to: publishing a regenerated model folder is not yet wired in hubkit.publish")
+    return fn
+
+
+def _prepare(source: str | Path | Run, revision: str | None, base_model: str | Path | None, plan_only: bool
+             ) -> tuple[Recipe, BaseCheckpoint, TensorPlan]:
+    recipe = load_recipe(source, revision=revision)
+    base = resolve_base(recipe, base_model, plan_only=plan_only)
+    config = read_config(base.path)
+    check_provenance(recipe, config, base)
+    if plan_only and not any(base.path.glob("*.safetensors")) and base.repo_id:
+        shards, tensors = _remote_index(base)
+    else:
+        shards, tensors = read_index(base.path)
+    plan = build_plan(config, tensors, shards, recipe.targets)
+    return recipe, base, plan
+
+
+def regenerate(
+    source: str | Path | Run,
+    *,
+    revision: str | None = None,
+    base_model: str | Path | None = None,
+    out: str | Path | None = None,
+    device: str = "cpu",
+    verify: bool = True,
+    plan_only: bool = False,
+    push_to: str | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> RegenerateResult:
+    """Rebuild the abliterated model of ``source`` into ``out`` (default ``./<base name>-<direction>-abliterated``).
+
+    Provenance is checked before anything is written; the folder appears only when complete. With ``verify``,
+    shards that differ from the recorded sha256s (or a matrix left with a component along r above its dtype's
+    rounding level) raise :class:`VerificationFailed` once the folder is written; the result rides on it.
+    """
+    push = _check_push_wired() if push_to else None
+    recipe, base, plan = _prepare(source, revision, base_model, plan_only)
+    notes = list(base.notes)
+    if plan_only:
+        return RegenerateResult(None, plan, {}, "not run", [], None, True, recipe, base, notes)
+
+    if out is None:
+        stem = (base.repo_id or base.path.name).split("/")[-1]
+        out = Path.cwd() / f"{stem}-{recipe.direction_name}-abliterated"
+    out = Path(out)
+    with staging_dir(out, overwrite=overwrite) as tmp:
+        result = execute_plan(plan, base.path, tmp, recipe.direction, device=device, progress=progress)
+        for pattern in _COPIED:
+            for f in sorted(base.path.glob(pattern)):
+                if f.is_file():
+                    shutil.copyfile(f, tmp / f.name)
+        if (base.path / INDEX_NAME).is_file():
+            shutil.copyfile(base.path / INDEX_NAME, tmp / INDEX_NAME)
+        verification, differing = _compare(recipe.shards_sha256, result.shards_sha256)
+        res = RegenerateResult(out, plan, result.shards_sha256, verification, differing, result.worst,
+                               result.all_orthogonal, recipe, base, notes)
+        (tmp / "README.md").write_text(render_card(res, result), encoding="utf-8")
+
+    if verify and verification == "differs":
+        raise VerificationFailed(
+            f"{out}: shard(s) differ from the published recipe: {', '.join(differing)} (the folder is kept)", res
+        )
+    if verify and not res.orthogonal and res.worst is not None:
+        raise VerificationFailed(
+            f"{out}: {res.worst.name} keeps ‖rᵀW‖/‖W‖ = {res.worst.after:.2e} along r, above the "
+            f"{res.worst.dtype} rounding level {res.worst.threshold:.1e}", res
+        )
+    if push is not None:
+        push(out, push_to, card=(out / "README.md").read_text(encoding="utf-8"))
+    return res
+
+
+def _compare(recorded: dict[str, str], ours: dict[str, str]) -> tuple[str, list[str]]:
+    if not recorded:
+        return "not recorded", []
+    differing = sorted(n for n in set(recorded) | set(ours) if recorded.get(n) != ours.get(n))
+    return ("differs", differing) if differing else ("bit-identical", [])
+
+
+def record_regeneration(
+    source: str | Path | Run,
+    base_dir: str | Path,
+    *,
+    device: str = "cpu",
+    progress: bool = False,
+) -> dict[str, str]:
+    """The sha256 of each shard ``regenerate`` would write, for ``hubkit.json``'s ``regenerate.shards_sha256``.
+
+    Nothing is written: the shards are streamed through the hash only.
+    """
+    recipe, base, plan = _prepare(source, None, base_dir, False)
+    return execute_plan(plan, base.path, None, recipe.direction, device=device, progress=progress).shards_sha256
+
+
+# ====================================================================== the weights card
+
+
+def render_card(res: RegenerateResult, result: ExecutionResult) -> str:
+    """README.md of the regenerated folder: where the weights come from and how to check them."""
+    r, plan, base = res.recipe, res.plan, res.base
+    base_name = base.repo_id or r.base_model or str(base.path)
+    front = ["---", f"base_model: {base_name}", "library_name: transformers", "tags:", "- abliterated",
+             "- hubkit", "---", ""]
+    src = r.source + (f" @ {r.source_revision}" if r.source_revision else "")
+    counts = plan.counts()
+    target_lines = {
+        "embed_tokens": "token embedding: rows W ← W − (W r) rᵀ",
+        "attn_out": "attention output of every block (o_proj / linear_attn.out_proj): W ← W − r (rᵀ W)",
+        "mlp_down": "MLP down projection of every block (experts included): W ← W − r (rᵀ W)",
+        "lm_head": "lm_head: rows W ← W − (W r) rᵀ",
+    }
+    lines = front + [
+        f"# {base_name.split('/')[-1]} with the '{r.direction_name}' direction removed",
+        "",
+        "Regenerated by `hubkit regenerate` from a published direction; nothing was trained. The architecture "
+        "is unchanged, so this folder loads wherever the base model loads (transformers, vLLM, sglang).",
+        "",
+        f"- **Base model**: {base_name}" + (f" @ `{base.commit}`" if base.commit else ""),
+        f"- **Recipe**: {src}" + (f" ({r.title})" if r.title else ""),
+        f"- **Direction**: `{r.direction_name}` from `{r.direction_file}`, layer {r.layer} "
+        f"({r.layer_convention} convention), d = {r.d}, renormalized to unit length in float64",
+        f"- **hubkit**: {__version__}",
+        "",
+        "## What changed",
+        "",
+    ]
+    for t in plan.targets:
+        if t in target_lines:
+            lines.append(f"- {target_lines[t]} — {counts.get(t, 0)} tensor(s)")
+    if plan.tied and "embed_tokens" in plan.targets:
+        lines.append("- **Tied embeddings**: the checkpoint has no separate lm_head, so the unembedding changes "
+                     "with the embedding.")
+    lines += [f"- Note: {n}" for n in [*plan.notes, *res.notes] if "tied embeddings" not in n]
+    lines += [
+        "",
+        f"{len(plan.ops)} of {plan.n_tensors} tensors were rewritten (float32/float64 math, rounded to nearest "
+        "in each tensor's dtype); every other tensor (vision tower, MTP heads, norms, …) is byte-identical to "
+        "the base.",
+        "",
+    ]
+    worst = result.worst
+    if worst is not None:
+        lines += [
+            f"Worst remaining component along r: ‖rᵀW‖/‖W‖ = {worst.after:.2e} in `{worst.name}` ({worst.dtype}; "
+            f"its rounding level is {worst.threshold:.1e}; before: {worst.before:.2e}).",
+            "",
+        ]
+    verdict = {
+        "bit-identical": "**bit-identical to the published recipe** (every shard's sha256 matches).",
+        "differs": "**differs from the published recipe** in: " + ", ".join(f"`{n}`" for n in res.differing) + ".",
+        "not recorded": "the recipe records no shard hashes, so there was nothing to compare with.",
+    }[res.verification]
+    lines += ["## Verification", "", f"Compared with the recorded shard hashes: {verdict}", "",
+              "| shard | sha256 |", "| --- | --- |"]
+    lines += [f"| `{name}` | `{sha}` |" for name, sha in sorted(res.shards_sha256.items())]
+    cmd = f"hubkit regenerate {r.source}" + (f" --revision {r.source_revision}" if r.source_revision else "")
+    lines += ["", "Reproduce:", "", "```", cmd, "```", ""]
+    return "\n".join(lines)

@@ -1,0 +1,428 @@
+"""hubkit.abliterate: the name-pattern plan and the streaming shard rewrite.
+
+The reference here edits the *loaded transformers modules* the seed way (float64, module by module, found by
+walking the model rather than by tensor names), so it shares no code with hubkit's name tables or chunked
+math. hubkit's output must equal it within one rounding step of the dtype, leave every other byte alone,
+load with transformers, and give blocks whose writes have no component along r.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+
+from hubkit import abliterate as ab
+from hubkit.errors import HubkitError, PlanError
+from tests import tiny_models as tm
+
+D = tm.HIDDEN
+
+
+def _r(seed: int = 1) -> torch.Tensor:
+    return torch.randn(D, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("ckpts")
+    return {
+        "qwen3_5": tm.save_qwen3_5(root / "qwen3_5", max_shard_size="100KB"),
+        "qwen3_5_bf16": tm.save_qwen3_5(root / "qwen3_5_bf16", dtype=torch.bfloat16),
+        "llama": tm.save_llama(root / "llama"),
+        "llama_bias_bf16": tm.save_llama(root / "llama_bias", bias=True, dtype=torch.bfloat16),
+        "qwen3_moe": tm.save_qwen3_moe(root / "qwen3_moe"),
+        "qwen3_moe_fused": tm.save_qwen3_moe_fused(root / "qwen3_moe_fused"),
+        "gpt_oss_f16": tm.save_gpt_oss(root / "gpt_oss", dtype=torch.float16),
+    }
+
+
+# ---------------------------------------------------------------- reference: the seed recipe on modules
+
+
+def _load(path: Path):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+
+    cls = AutoModelForImageTextToText if AutoConfig.from_pretrained(path).model_type == "qwen3_5" else AutoModelForCausalLM
+    return cls.from_pretrained(path).eval()
+
+
+def _decoder_layers(model) -> torch.nn.ModuleList:
+    return next(m for n, m in model.named_modules()
+                if isinstance(m, torch.nn.ModuleList) and n.endswith("layers") and "visual" not in n)
+
+
+def _cols_(w: torch.Tensor, r: torch.Tensor) -> None:  # W [d, in] ← W − r (rᵀ W)
+    w64 = w.double()
+    w.copy_((w64 - torch.outer(r, r @ w64)).to(w.dtype))
+
+
+def _rows_(w: torch.Tensor, r: torch.Tensor) -> None:  # W [n, d] ← W − (W r) rᵀ
+    w64 = w.double().reshape(-1, w.shape[-1])
+    w.copy_((w64 - torch.outer(w64 @ r, r)).reshape(w.shape).to(w.dtype))
+
+
+def seed_abliterate(model, r: torch.Tensor) -> set[str]:
+    """The seed recipe: embedding rows, and every block's attention-out / MLP-down output columns.
+
+    Returns the names of the parameters it edited.
+    """
+    r = (r.double() / r.double().norm())
+    ids = {id(p): n for n, p in model.named_parameters()}
+    edited = set()
+    with torch.no_grad():
+        emb = model.get_input_embeddings().weight
+        _rows_(emb, r)
+        edited.add(ids[id(emb)])
+        for layer in _decoder_layers(model):
+            attn = getattr(layer, "self_attn", None) or layer.linear_attn
+            out = getattr(attn, "o_proj", None) or attn.out_proj
+            mods = [out]
+            mlp = layer.mlp
+            experts = getattr(mlp, "experts", None)
+            if experts is None:
+                mods.append(mlp.down_proj)
+            elif type(experts).__name__.startswith("GptOss"):  # y = h @ W[e] + b[e]: d is the last axis
+                for w in (experts.down_proj, experts.down_proj_bias):
+                    _rows_(w, r)
+                    edited.add(ids[id(w)])
+            else:  # fused [E, d, i]: F.linear(h, W[e])
+                for e in range(experts.down_proj.shape[0]):
+                    _cols_(experts.down_proj[e], r)
+                edited.add(ids[id(experts.down_proj)])
+            for mod in mods:
+                _cols_(mod.weight, r)
+                edited.add(ids[id(mod.weight)])
+                if mod.bias is not None:
+                    _rows_(mod.bias, r)
+                    edited.add(ids[id(mod.bias)])
+    return edited
+
+
+def _rounding(dtype: torch.dtype) -> float:
+    return torch.finfo(dtype).eps
+
+
+# ---------------------------------------------------------------- the plan (pure)
+
+
+def _index(shapes: dict[str, tuple[int, ...]], dtype: str = "BF16") -> tuple[dict, list]:
+    """(tensors, shards) of a fake one-shard checkpoint: build_plan's inputs without any file."""
+    tensors, off = {}, 0
+    for name, shape in shapes.items():
+        n = 2 * int(torch.tensor(shape).prod()) if shape else 2
+        tensors[name] = ab.TensorInfo(name, "model.safetensors", dtype, shape, off, off + n)
+        off += n
+    return tensors, [ab.ShardInfo("model.safetensors", off, 0)]
+
+
+def _qwen3_5_names(layers: int = 4) -> dict[str, tuple[int, ...]]:
+    p = "model.language_model."
+    names = {p + "embed_tokens.weight": (100, D), p + "norm.weight": (D,),
+             "model.visual.blocks.0.attn.proj.weight": (32, 32), "model.visual.merger.linear_fc2.weight": (D, 128),
+             "mtp.layers.0.self_attn.o_proj.weight": (D, 64), "mtp.layers.0.mlp.down_proj.weight": (D, 128),
+             "mtp.fc.weight": (D, 2 * D)}
+    for i in range(layers):
+        b = f"{p}layers.{i}."
+        if (i + 1) % 4:
+            names[b + "linear_attn.out_proj.weight"] = (D, 64)
+            names[b + "linear_attn.in_proj_qkv.weight"] = (128, D)
+        else:
+            names[b + "self_attn.o_proj.weight"] = (D, 64)
+            names[b + "self_attn.q_proj.weight"] = (128, D)
+        names[b + "mlp.down_proj.weight"] = (D, 128)
+        names[b + "mlp.up_proj.weight"] = (128, D)
+        names[b + "input_layernorm.weight"] = (D,)
+    return names
+
+
+QWEN3_5_CONFIG = {"model_type": "qwen3_5", "tie_word_embeddings": True,
+                  "text_config": {"model_type": "qwen3_5_text", "hidden_size": D, "num_hidden_layers": 4}}
+
+
+def test_plan_qwen3_5_hybrid_vlm_touches_only_residual_writers() -> None:
+    tensors, shards = _index(_qwen3_5_names())
+    plan = ab.build_plan(QWEN3_5_CONFIG, tensors, shards)
+    got = {op.name: (op.target, op.kind, op.layer) for op in plan.ops}
+    p = "model.language_model."
+    assert got == {
+        p + "embed_tokens.weight": ("embed_tokens", "rows", None),
+        **{f"{p}layers.{i}.linear_attn.out_proj.weight": ("attn_out", "cols", i) for i in (0, 1, 2)},
+        p + "layers.3.self_attn.o_proj.weight": ("attn_out", "cols", 3),
+        **{f"{p}layers.{i}.mlp.down_proj.weight": ("mlp_down", "cols", i) for i in range(4)},
+    }
+    assert plan.root == p and plan.tied and plan.family == "qwen3_5"
+    assert any("unembedding" in n for n in plan.notes)
+    assert "linear_attn.out_proj" in plan.render() and "mtp." not in plan.render()
+
+
+def test_plan_targets_subset_and_lm_head_opt_in() -> None:
+    names = {"model.embed_tokens.weight": (100, D), "lm_head.weight": (100, D)}
+    for i in range(2):
+        names[f"model.layers.{i}.self_attn.o_proj.weight"] = (D, D)
+        names[f"model.layers.{i}.mlp.down_proj.weight"] = (D, 96)
+    cfg = {"model_type": "llama", "hidden_size": D, "num_hidden_layers": 2, "tie_word_embeddings": False}
+    tensors, shards = _index(names)
+    plan = ab.build_plan(cfg, tensors, shards)
+    assert "lm_head.weight" not in {op.name for op in plan.ops} and not plan.tied
+    assert any("left alone" in n for n in plan.notes)
+    plan = ab.build_plan(cfg, tensors, shards, ["mlp_down", "lm_head"])
+    assert {op.target for op in plan.ops} == {"mlp_down", "lm_head"}
+    assert plan.counts() == {"mlp_down": 2, "lm_head": 1}
+
+
+def test_plan_moe_layouts() -> None:
+    e, i = 4, 32
+    names = {"model.embed_tokens.weight": (100, D)}
+    names["model.layers.0.self_attn.o_proj.weight"] = (D, D)
+    names["model.layers.0.mlp.experts.down_proj"] = (e, i, D)  # GPT-OSS: d last
+    names["model.layers.0.mlp.experts.down_proj_bias"] = (e, D)
+    names["model.layers.0.mlp.experts.gate_up_proj"] = (e, D, 2 * i)
+    cfg = {"model_type": "gpt_oss", "hidden_size": D, "num_hidden_layers": 1}
+    kinds = {op.name: op.kind for op in ab.build_plan(cfg, *_index(names)).ops}
+    assert kinds == {
+        "model.embed_tokens.weight": "rows",
+        "model.layers.0.self_attn.o_proj.weight": "cols",
+        "model.layers.0.mlp.experts.down_proj": "rows",
+        "model.layers.0.mlp.experts.down_proj_bias": "rows",
+    }
+
+    fused = {"model.embed_tokens.weight": (100, D), "model.layers.0.self_attn.o_proj.weight": (D, D),
+             "model.layers.0.mlp.experts.down_proj": (e, D, i), "model.layers.0.mlp.shared_expert.down_proj.weight":
+             (D, 48)}
+    tensors, shards = _index(fused)
+    plan = ab.build_plan({"model_type": "qwen3_moe", "hidden_size": D, "num_hidden_layers": 1}, tensors, shards)
+    by = {op.name: op.kind for op in plan.ops}
+    assert by["model.layers.0.mlp.experts.down_proj"] == "cols"
+    assert "model.layers.0.mlp.shared_expert.down_proj.weight" in by
+
+    mixtral = {"model.embed_tokens.weight": (100, D), "model.layers.0.self_attn.o_proj.weight": (D, D),
+               **{f"model.layers.0.block_sparse_moe.experts.{j}.w2.weight": (D, i) for j in range(e)}}
+    tensors, shards = _index(mixtral)
+    plan = ab.build_plan({"model_type": "mixtral", "hidden_size": D, "num_hidden_layers": 1}, tensors, shards)
+    assert plan.counts() == {"embed_tokens": 1, "attn_out": 1, "mlp_down": e}
+
+
+def test_plan_gemma2_notes_sandwich_norms() -> None:
+    names = {"model.embed_tokens.weight": (100, D), "model.layers.0.self_attn.o_proj.weight": (D, D),
+             "model.layers.0.mlp.down_proj.weight": (D, 96)}
+    plan = ab.build_plan({"model_type": "gemma2", "hidden_size": D, "num_hidden_layers": 1}, *_index(names))
+    assert any("post-attention" in n for n in plan.notes)
+
+
+def test_nothing_matches_is_an_error() -> None:
+    cfg = {"model_type": "llama", "hidden_size": D, "num_hidden_layers": 2}
+    with pytest.raises(PlanError, match="no decoder blocks"):
+        ab.build_plan(cfg, *_index({"transformer.h.0.attn.c_proj.weight": (D, D)}))
+    names = {"model.embed_tokens.weight": (100, D), "model.layers.0.self_attn.o_proj.weight": (D, D),
+             "model.layers.0.mlp.down_proj.weight": (D, 96), "model.layers.1.mlp.down_proj.weight": (D, 96),
+             "model.layers.1.mixer.out.weight": (D, D)}
+    with pytest.raises(PlanError, match=r"block\(s\) 1 have no attn_out"):
+        ab.build_plan(cfg, *_index(names))
+    with pytest.raises(PlanError, match="unknown"):
+        ab.build_plan(cfg, *_index(names), ["everything"])
+
+
+def test_quantized_or_misshapen_targets_are_refused() -> None:
+    names = {"model.embed_tokens.weight": (100, D), "model.layers.0.self_attn.o_proj.weight": (D, D),
+             "model.layers.0.mlp.down_proj.weight": (D, 96)}
+    tensors, shards = _index(names)
+    tensors["model.layers.0.self_attn.o_proj.weight"] = ab.TensorInfo(
+        "model.layers.0.self_attn.o_proj.weight", "model.safetensors", "U8", (D, D // 2), 0, 1)
+    cfg = {"model_type": "llama", "hidden_size": D, "num_hidden_layers": 1}
+    with pytest.raises(PlanError, match="U8.*unquantized"):
+        ab.build_plan(cfg, tensors, shards)
+    tensors, shards = _index({**names, "model.layers.0.mlp.down_proj.weight": (96, D)})
+    with pytest.raises(PlanError, match=r"down_proj.weight has shape \[96, 64\]"):
+        ab.build_plan(cfg, tensors, shards)
+
+
+def test_lm_head_target_with_tied_embeddings_is_refused() -> None:
+    tensors, shards = _index(_qwen3_5_names())
+    with pytest.raises(PlanError, match="no lm_head tensor"):
+        ab.build_plan(QWEN3_5_CONFIG, tensors, shards, ["attn_out", "lm_head"])
+
+
+# ---------------------------------------------------------------- streaming vs the seed reference
+
+
+CASES = ["qwen3_5", "qwen3_5_bf16", "llama", "llama_bias_bf16", "qwen3_moe", "qwen3_moe_fused", "gpt_oss_f16"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_matches_seed_reference_and_leaves_other_bytes(case: str, ckpts: dict[str, Path], tmp_path: Path) -> None:
+    src = ckpts[case]
+    r = _r()
+    plan, result = ab.abliterate_checkpoint(src, tmp_path / "out", r, progress=False, copy_files=["config.json"])
+    out = tmp_path / "out"
+
+    # every byte outside the rewritten tensors is the base's, header included
+    for shard in plan.shards:
+        a, b = (src / shard.name).read_bytes(), (out / shard.name).read_bytes()
+        assert len(a) == len(b)
+        pos = 0
+        for op in plan.ops_in(shard.name):
+            assert a[pos : op.begin] == b[pos : op.begin], f"{shard.name}: bytes before {op.name} changed"
+            assert a[op.begin : op.end] != b[op.begin : op.end], f"{op.name} unchanged"
+            pos = op.end
+        assert a[pos:] == b[pos:]
+
+    # equal to the seed recipe applied to the loaded modules, within one rounding step
+    ref = _load(src)
+    edited = seed_abliterate(ref, r)
+    for name in ["generation_config.json", "tokenizer.json", "tokenizer_config.json"]:
+        (out / name).write_bytes((src / name).read_bytes())
+    got = _load(out)
+    got_params = dict(got.named_parameters())
+    assert edited, "the reference edited nothing"
+    for name, p_ref in ref.named_parameters():
+        p = got_params[name]
+        if name in edited:
+            tol = _rounding(p.dtype) * float(p_ref.detach().abs().max())
+            assert torch.allclose(p.double(), p_ref.double(), rtol=2 * _rounding(p.dtype), atol=tol), name
+        else:
+            assert torch.equal(p, p_ref), f"{name} changed but the seed recipe leaves it alone"
+    assert result.all_orthogonal
+    assert result.worst is not None and result.worst.after < result.worst.before / 10
+
+
+@pytest.mark.parametrize("case", ["qwen3_5", "llama", "gpt_oss_f16"])
+def test_block_outputs_have_no_component_along_r(case: str, ckpts: dict[str, Path], tmp_path: Path) -> None:
+    src = ckpts[case]
+    r = _r(5)
+    ab.abliterate_checkpoint(src, tmp_path / "out", r, progress=False,
+                             copy_files=["config.json", "generation_config.json"])
+    model = _load(tmp_path / "out")
+    stored = next(model.parameters()).dtype
+    tol = 1e-5 if stored == torch.float32 else _rounding(stored)  # one rounding step of the stored weights
+    model = model.float()
+    r_unit = r / r.norm()
+    writes: list[tuple[float, float]] = []
+
+    def hook(module, args, kwargs, output):
+        x = args[0] if args else kwargs["hidden_states"]
+        y = output[0] if isinstance(output, tuple) else output
+        delta = (y - x).double()
+        writes.append((float((delta @ r_unit.double()).abs().max()), float(delta.norm(dim=-1).max())))
+
+    handles = [layer.register_forward_hook(hook, with_kwargs=True) for layer in _decoder_layers(model)]
+    ids = torch.tensor([[1, 5, 9, 33, 70, 2, 200, 17]])
+    with torch.no_grad():
+        emb = model.get_input_embeddings()(ids)
+        model(input_ids=ids)
+    for h in handles:
+        h.remove()
+    assert len(writes) == tm.LAYERS
+    assert float((emb.double() @ r_unit.double()).abs().max()) < tol * float(emb.abs().max())
+    for along, size in writes:
+        assert size > 0 and along < tol * size
+
+
+def test_sharded_and_unsharded_give_the_same_tensors(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    one = tm.save_llama(tmp_path / "one", bias=True)
+    many = tm.save_llama(tmp_path / "many", bias=True, max_shard_size="50KB")
+    assert (many / ab.INDEX_NAME).is_file() and not (one / ab.INDEX_NAME).exists()
+    r = _r(2)
+    plan1, _ = ab.abliterate_checkpoint(one, tmp_path / "o1", r, progress=False)
+    plan2, _ = ab.abliterate_checkpoint(many, tmp_path / "o2", r, progress=False)
+    assert len(plan2.shards) > 1 and (tmp_path / "o2" / ab.INDEX_NAME).is_file()
+
+    def tensors(d: Path) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for f in sorted(d.glob("*.safetensors")):
+            out.update(load_file(f))
+        return out
+
+    a, b = tensors(tmp_path / "o1"), tensors(tmp_path / "o2")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_deterministic_and_device_blocking_invariant(ckpts: dict[str, Path], tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    src = ckpts["qwen3_5_bf16"]
+    monkeypatch.setattr(ab, "CHUNK_ELEMS", 300)  # many chunks per matrix, and an odd tail chunk
+    r = _r(3)
+    plan = ab.plan_checkpoint(src)
+    first = ab.execute_plan(plan, src, None, r, progress=False).shards_sha256
+    monkeypatch.setattr(ab, "CPU_GROUP", 1)
+    again = ab.execute_plan(plan, src, None, r, progress=False).shards_sha256
+    sharded = ab.plan_checkpoint(ckpts["qwen3_5"])
+    one = ab.execute_plan(sharded, ckpts["qwen3_5"], None, r, progress=False).shards_sha256
+    monkeypatch.setattr(ab, "parallel_pipelines", lambda: 3)  # shards streamed side by side
+    assert ab.execute_plan(sharded, ckpts["qwen3_5"], None, r, progress=False).shards_sha256 == one
+    monkeypatch.setattr(ab, "_resolve_device", lambda device: "cpu")
+    monkeypatch.setattr(ab, "CUDA_GROUP", 7)  # the CUDA path's blocking (7 chunks per block), run on the CPU
+    grouped = ab.execute_plan(plan, src, None, r, device="cuda", progress=False).shards_sha256
+    assert first == again == grouped
+
+    # the streamed bytes are exactly orthogonalize() of each tensor
+    from safetensors.torch import load_file
+
+    out = tmp_path / "o"
+    out.mkdir()
+    ab.execute_plan(plan, src, out, r, progress=False)
+    base, new = load_file(src / "model.safetensors"), load_file(out / "model.safetensors")
+    for op in plan.ops:
+        assert torch.equal(ab.orthogonalize(base[op.name], r, op.kind), new[op.name]), op.name
+
+
+def test_tree_sum_is_a_fixed_pairwise_order() -> None:
+    x = torch.tensor([[1e8, 1.0, -1e8, 1.0, 3.0]], dtype=torch.float32)
+    # ((x0 + x2) + (x1 + x3)) + x4, as the halving defines it
+    assert float(ab.tree_sum(x, 1)[0]) == float((x[0, 0] + x[0, 2]) + (x[0, 1] + x[0, 3]) + x[0, 4])
+    y = torch.randn(37, 5, dtype=torch.float64)
+    assert torch.allclose(ab.tree_sum(y, 0), y.sum(0))
+
+
+@pytest.mark.parametrize(("where", "exc"), [("_compute_op", KeyboardInterrupt), ("_pwrite_buf", KeyboardInterrupt),
+                                            ("_copy_range", OSError), ("_get", KeyboardInterrupt)])
+def test_interrupted_write_leaves_nothing(where: str, exc: type[BaseException], ckpts: dict[str, Path],
+                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whichever stream dies (compute thread, the hashing/writing main thread, the kernel copy), no folder."""
+    real = getattr(ab, where)
+    calls = []
+
+    def dies(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise exc("stop here")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ab, where, dies)
+    with pytest.raises(exc, match="stop here"):
+        ab.abliterate_checkpoint(ckpts["qwen3_5"], tmp_path / "out", _r(), progress=False)
+    assert len(calls) == 3
+    assert os.listdir(tmp_path) == []
+
+
+def test_existing_output_is_not_clobbered(ckpts: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(HubkitError, match="already exists"):
+        ab.abliterate_checkpoint(ckpts["llama"], out, _r(), progress=False)
+    assert sorted(os.listdir(out)) == ["keep.txt"]
+
+
+def test_wrong_direction_size_and_changed_shard_are_refused(ckpts: dict[str, Path], tmp_path: Path) -> None:
+    plan = ab.plan_checkpoint(ckpts["llama"])
+    with pytest.raises(HubkitError, match="d=32"):
+        ab.execute_plan(plan, ckpts["llama"], None, torch.randn(32), progress=False)
+    with pytest.raises(HubkitError, match="zero"):
+        ab.execute_plan(plan, ckpts["llama"], None, torch.zeros(D), progress=False)
+
+
+def test_checkpoint_without_weights_or_with_truncated_shard(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(PlanError, match="no model.safetensors"):
+        ab.read_index(tmp_path)
+    header = json.dumps({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}).encode()
+    (tmp_path / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 8)
+    with pytest.raises(PlanError, match="truncated"):
+        ab.read_index(tmp_path)

@@ -1,0 +1,249 @@
+"""hubkit.regenerate: recipe + base checkpoint → a verified model folder, with provenance refused early."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from hubkit import regenerate as rg
+from hubkit.abliterate import INDEX_NAME
+from hubkit.directions import DirectionSet, write_canonical
+from hubkit.errors import DirectionError, HubError, HubkitError, ProvenanceError
+from tests import tiny_models as tm
+
+BASE_ID = "Qwen/Qwen3.5-4B"
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tm.save_qwen3_5(tmp_path_factory.mktemp("base") / "qwen3_5", dtype=torch.bfloat16,
+                           max_shard_size="200KB")
+
+
+def make_recipe(root: Path, *, d: int = tm.HIDDEN, layer: int = 2, convention: str = "block",
+                targets: list[str] | None = None, shards: dict[str, str] | None = None, **regen: object) -> Path:
+    """A staged tree as the publish side writes it: hubkit.json + the canonical direction file."""
+    g = torch.Generator().manual_seed(11)
+    layers = list(range(max(4, layer + 1)))
+    ds = DirectionSet("persona", {i: torch.randn(d, generator=g) for i in layers}, selected_layer=layer,
+                      layer_convention=convention)
+    root.mkdir(parents=True, exist_ok=True)
+    write_canonical(ds, root / "vectors" / "persona.safetensors")
+    entry = {"direction": "persona", "layer": layer, "layer_convention": convention,
+             "targets": targets or ["embed_tokens", "attn_out", "mlp_down"], "base_model": BASE_ID,
+             "base_model_revision": None, **regen}
+    if shards:
+        entry["shards_sha256"] = shards
+    meta = {
+        "hubkit_version": "0.1.0", "version": "v1",
+        "run": {"title": "Persona vector", "base_model": BASE_ID, "base_model_revision": None},
+        "files": [],
+        "directions": [{"name": "persona", "file": "vectors/persona_dir.pt", "canonical": "vectors/persona.safetensors",
+                        "layers": layers, "d": d, "selected_layer": layer, "layer_convention": convention,
+                        "unit_norm": False}],
+        "regenerate": entry,
+        "owned": ["README.md", "hubkit.json"],
+    }
+    (root / "hubkit.json").write_text(json.dumps(meta, indent=2))
+    return root
+
+
+def test_regenerates_a_complete_folder(base: Path, tmp_path: Path) -> None:
+    recipe = make_recipe(tmp_path / "staged")
+    out = tmp_path / "out"
+    res = rg.regenerate(recipe, base_model=base, out=out, progress=False)
+    names = sorted(os.listdir(out))
+    shards = sorted(p.name for p in base.glob("*.safetensors"))
+    assert names == sorted(["README.md", "config.json", "generation_config.json", INDEX_NAME, "tokenizer.json",
+                            "tokenizer_config.json", *shards])
+    assert (out / INDEX_NAME).read_bytes() == (base / INDEX_NAME).read_bytes()
+    assert set(res.shards_sha256) == set(shards) and res.out == out
+    assert res.verification == "not recorded" and res.orthogonal
+    card = (out / "README.md").read_text()
+    assert "base_model: Qwen/Qwen3.5-4B" in card and "Tied embeddings" in card
+    assert "layer 2 (block convention)" in card
+    assert all(sha in card for sha in res.shards_sha256.values())
+    assert "origin can't be checked" in res.summary()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(out)
+    assert model.config.model_type == "qwen3_5"
+
+
+def test_record_then_verify_bit_identical_and_name_the_differing_shard(base: Path, tmp_path: Path) -> None:
+    staged = make_recipe(tmp_path / "staged")
+    recorded = rg.record_regeneration(staged, base)
+    assert not (tmp_path / "staged" / "model.safetensors").exists()
+    meta = json.loads((staged / "hubkit.json").read_text())
+    meta["regenerate"]["shards_sha256"] = recorded
+    (staged / "hubkit.json").write_text(json.dumps(meta))
+    res = rg.regenerate(staged, base_model=base, out=tmp_path / "ok", progress=False)
+    assert res.verification == "bit-identical" and res.shards_sha256 == recorded
+    assert "bit-identical to the published recipe" in res.summary()
+    assert "bit-identical to the published recipe" in (tmp_path / "ok" / "README.md").read_text()
+
+    shard = sorted(recorded)[1]
+    meta["regenerate"]["shards_sha256"] = {**recorded, shard: "0" * 64}
+    (staged / "hubkit.json").write_text(json.dumps(meta))
+    with pytest.raises(rg.VerificationFailed, match=shard) as exc:
+        rg.regenerate(staged, base_model=base, out=tmp_path / "bad", progress=False)
+    assert exc.value.result.differing == [shard] and (tmp_path / "bad").is_dir()
+    res = rg.regenerate(staged, base_model=base, out=tmp_path / "bad2", verify=False, progress=False)
+    assert res.verification == "differs" and res.differing == [shard]
+
+
+def test_plan_only_writes_nothing(base: Path, tmp_path: Path) -> None:
+    res = rg.regenerate(make_recipe(tmp_path / "staged"), base_model=base, out=tmp_path / "out", plan_only=True)
+    assert res.out is None and not (tmp_path / "out").exists()
+    assert res.plan.counts() == {"embed_tokens": 1, "attn_out": 4, "mlp_down": 4}
+    assert "linear_attn.out_proj" in res.plan.render()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "base_model", "pattern"),
+    [
+        ({"d": 32}, None, r"hidden_size 64 ≠ d=32"),
+        ({"layer": 3, "convention": "hidden_states"}, None, None),  # block 2: fine
+        ({"layer": 9}, None, r"recipe layer 9 \(block\) is block 9, the model has blocks 0–3"),
+        ({"model_type": "llama"}, None, r"model_type qwen3_5 ≠ llama"),
+        ({}, "Other/Model", r"--base-model Other/Model ≠ Qwen/Qwen3.5-4B"),
+    ],
+)
+def test_provenance_refusals(base: Path, tmp_path: Path, kwargs: dict, base_model: str | None,
+                             pattern: str | None) -> None:
+    staged = make_recipe(tmp_path / "staged", **kwargs)
+    out = tmp_path / "out"
+    if pattern is None:
+        assert rg.regenerate(staged, base_model=base, out=out, progress=False).orthogonal
+        return
+    with pytest.raises(ProvenanceError, match=pattern):
+        rg.regenerate(staged, base_model=base_model or base, out=out, progress=False)
+    assert not out.exists()
+
+
+def test_snapshot_of_another_revision_is_refused(base: Path, tmp_path: Path) -> None:
+    snap = tmp_path / "hub" / "models--Qwen--Qwen3.5-4B" / "snapshots" / ("a" * 40)
+    shutil.copytree(base, snap)
+    staged = make_recipe(tmp_path / "staged")
+    meta = json.loads((staged / "hubkit.json").read_text())
+    meta["regenerate"]["base_model_revision"] = "b" * 40
+    (staged / "hubkit.json").write_text(json.dumps(meta))
+    with pytest.raises(ProvenanceError, match="at aaaaaaaaaaaa, the recipe records revision bbbbbbbbbbbb"):
+        rg.regenerate(staged, base_model=snap, out=tmp_path / "out", progress=False)
+    other = tmp_path / "hub2" / "models--meta--Llama" / "snapshots" / ("a" * 40)
+    shutil.copytree(base, other)
+    with pytest.raises(ProvenanceError, match="a snapshot of meta/Llama"):
+        rg.regenerate(staged, base_model=other, out=tmp_path / "out", progress=False)
+
+
+def test_tampered_direction_file_is_refused(base: Path, tmp_path: Path) -> None:
+    staged = make_recipe(tmp_path / "staged")
+    meta = json.loads((staged / "hubkit.json").read_text())
+    meta["files"] = [{"path": "vectors/persona.safetensors", "size": 1, "sha256": "0" * 64, "kind": "direction"}]
+    (staged / "hubkit.json").write_text(json.dumps(meta))
+    with pytest.raises(ProvenanceError, match="vectors/persona.safetensors: sha256"):
+        rg.regenerate(staged, base_model=base, out=tmp_path / "out", progress=False)
+
+
+def test_recipe_problems_are_one_line_errors(base: Path, tmp_path: Path) -> None:
+    with pytest.raises(HubkitError, match="neither hubkit.json"):
+        rg.regenerate(tmp_path, base_model=base, out=tmp_path / "o")
+    with pytest.raises(HubkitError, match="not a Hub repo id"):
+        rg.regenerate("no such thing", base_model=base, out=tmp_path / "o")
+    staged = make_recipe(tmp_path / "staged")
+    meta = json.loads((staged / "hubkit.json").read_text())
+    meta["regenerate"]["layer"] = 7  # the file has layers 0-3
+    (staged / "hubkit.json").write_text(json.dumps(meta))
+    with pytest.raises(DirectionError, match="no layer 7"):
+        rg.regenerate(staged, base_model=base, out=tmp_path / "o")
+    del meta["regenerate"]
+    (staged / "hubkit.json").write_text(json.dumps(meta))
+    with pytest.raises(HubkitError, match="no 'regenerate' recipe"):
+        rg.regenerate(staged, base_model=base, out=tmp_path / "o")
+
+
+def test_push_to_fails_before_any_work_when_unwired(base: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from hubkit import publish
+
+    monkeypatch.delattr(publish, "push_model_folder", raising=False)
+    with pytest.raises(HubkitError, match="not yet wired"):
+        rg.regenerate(make_recipe(tmp_path / "staged"), base_model=base, out=tmp_path / "out", push_to="me/x")
+    assert not (tmp_path / "out").exists()
+
+
+def test_example_run_regenerates_from_its_manifest_and_staged_tree(tmp_path: Path) -> None:
+    """artifacts/refusal-abliteration: layer 22 (hidden_states) of a d=64 direction, Qwen3.5 base."""
+    from hubkit.publish import stage_run
+
+    run_dir = Path(__file__).resolve().parents[1] / "artifacts" / "refusal-abliteration"
+    deep = tm.save_qwen3_5(tmp_path / "deep", layers=24)  # hidden_states 22 = block 21
+    staged = tmp_path / "staged"
+    stage_run(run_dir, staged)
+    from_run = rg.record_regeneration(run_dir, deep)
+    res = rg.regenerate(staged, base_model=deep, out=tmp_path / "out", progress=False)
+    assert res.shards_sha256 == from_run
+    assert res.recipe.layer == 22 and res.recipe.layer_convention == "hidden_states"
+    assert res.plan.counts() == {"embed_tokens": 1, "attn_out": 24, "mlp_down": 24}
+    with pytest.raises(ProvenanceError, match="is block 21, the model has blocks 0–3"):
+        rg.regenerate(staged, base_model=tm.save_qwen3_5(tmp_path / "shallow"), out=tmp_path / "o2")
+
+
+def test_hub_source_resolved_once_and_base_fetched_selectively(base: Path, tmp_path: Path, api, repo_id: str,
+                                                               hub, hf_cache: Path) -> None:
+    base_repo = repo_id + "-base"
+    api.create_repo(base_repo)
+    api.upload_folder(folder_path=str(base), repo_id=base_repo)
+    api.upload_file(path_or_fileobj=b"not weights", path_in_repo="pytorch_model.bin", repo_id=base_repo)
+    staged = make_recipe(tmp_path / "staged")
+    meta = json.loads((staged / "hubkit.json").read_text())
+    meta["regenerate"]["base_model"] = base_repo
+    (staged / "hubkit.json").write_text(json.dumps(meta))
+    api.create_repo(repo_id)
+    commit = api.upload_folder(folder_path=str(staged), repo_id=repo_id).oid
+    api.create_tag(repo_id, tag="v1", revision=commit)
+    meta["regenerate"]["layer"] = 1  # a later commit on main must not leak into v1
+    api.upload_file(path_or_fileobj=json.dumps(meta).encode(), path_in_repo="hubkit.json", repo_id=repo_id)
+
+    res = rg.regenerate(repo_id, revision="v1", out=tmp_path / "out", progress=False)
+    assert res.recipe.source_revision == commit and res.recipe.layer == 2
+    assert res.base.repo_id == base_repo and res.base.commit
+    assert not list(hf_cache.rglob("pytorch_model.bin"))
+    assert f"{repo_id} @ {commit}" in (tmp_path / "out" / "README.md").read_text()
+    local = rg.regenerate(staged, base_model=base, out=tmp_path / "local", progress=False)
+    assert local.shards_sha256 == res.shards_sha256
+
+    with pytest.raises(HubError, match="can't read the repo"):
+        rg.regenerate(repo_id, revision="v9", out=tmp_path / "o")
+
+
+def test_cli_plan_and_exit_1_on_mismatch(base: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from hubkit.cli import main
+
+    staged = make_recipe(tmp_path / "staged", shards={"model-00001-of-00099.safetensors": "0" * 64})
+    runner = CliRunner()
+    res = runner.invoke(main, ["regenerate", str(staged), "--base-model", str(base), "--plan"])
+    assert res.exit_code == 0, res.output
+    assert "linear_attn.out_proj" in res.output and not (tmp_path / "out").exists()
+    args = ["regenerate", str(staged), "--base-model", str(base), "--no-progress", "--out"]
+    res = runner.invoke(main, [*args, str(tmp_path / "out")])
+    assert res.exit_code == 1 and "differ from the published recipe" in res.output
+    res = runner.invoke(main, [*args, str(tmp_path / "out2"), "--no-verify"])
+    assert res.exit_code == 0 and "differs from the published recipe in: " in res.output
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(base: Path, tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(HubkitError, match="torch.cuda.is_available"):
+        rg.regenerate(make_recipe(tmp_path / "staged"), base_model=base, out=tmp_path / "out", device="cuda")
+    assert not (tmp_path / "out").exists()
