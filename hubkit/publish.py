@@ -29,10 +29,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import __version__
 from .errors import HubError, HubkitError
 from .hub import VERSION_RE, FileChange, Hub, PublishPlan, RemoteState, diff_package, git_blob_sha1
 from .manifest import Manifest, load_manifest
-from .package import CARD, HUBKIT_JSON, HashCache, Package, PackageFile, build_package, sha256_bytes, stage
+from .package import (
+    CARD,
+    HUBKIT_JSON,
+    HashCache,
+    Package,
+    PackageFile,
+    build_package,
+    meta_bytes,
+    sha256_bytes,
+    stage,
+)
 from .run import inventory, load_run
 from .secrets import check_secrets
 
@@ -502,3 +513,98 @@ def _progress_bars(enabled: bool) -> Iterator[None]:
         if not enabled and not was_disabled:
             enable_progress_bars()
 
+
+
+# --------------------------------------------------------------------------- a regenerated model folder
+
+
+def push_model_folder(
+    folder: str | Path,
+    repo_id: str,
+    *,
+    card: str | None = None,
+    private: bool = False,
+    message: str | None = None,
+    source: dict[str, Any] | None = None,
+    hub: Hub | None = None,
+    progress: bool = True,
+) -> PublishResult:
+    """Publish a model folder (``hubkit regenerate --push-to``) the way a run is published.
+
+    One commit with every file of the folder plus a small ``hubkit.json`` (files, sha256, what hubkit owns,
+    version history, where the weights came from), on top of the head that was read, then a ``vN`` tag.
+    Shards whose sha256 equals the remote LFS oid are not uploaded again; an unchanged folder makes no
+    commit. The folder's own ``README.md`` (the regenerated-weights card) is its card.
+    """
+    folder = Path(folder)
+    if not _REPO_ID.match(repo_id):
+        raise HubkitError(f"repo id '{repo_id}' must look like owner/name")
+    if not folder.is_dir() or not (folder / "config.json").is_file():
+        raise HubkitError(f"{folder}: not a model folder (no config.json)")
+    paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != HUBKIT_JSON)
+    rels = [p.relative_to(folder).as_posix() for p in paths]
+    check_secrets(folder, [r for r in rels if not r.endswith(".safetensors")])
+    cache = HashCache()
+    files = []
+    for p, rel in zip(paths, rels, strict=True):
+        kind = "card" if rel == CARD else "weights" if rel.endswith((".safetensors", ".index.json")) else "config"
+        files.append(PackageFile(rel, p.stat().st_size, cache.sha256(p), kind, source=p))
+    cache.save()
+    if card is not None and not any(f.path == CARD for f in files):
+        data = card.encode("utf-8")
+        files.append(PackageFile(CARD, len(data), sha256_bytes(data), "card", data=data))
+
+    hub = hub or Hub()
+    state = hub.read_state(repo_id)
+    content = {f.path: f.sha256 for f in files}
+    before = {f.get("path"): f.get("sha256") for f in (state.meta or {}).get("files") or [] if isinstance(f, dict)}
+    unchanged = (state.meta is not None and before == content
+                 and all(p in state.files for p in content) and HUBKIT_JSON in state.files)
+    if unchanged:
+        return _nothing_changed(hub, [FileChange(f.path, f.size, f.kind) for f in files], card or "", state,
+                                None, list(state.notes), branch="main", private=private, create_pr=False,
+                                dry_run=False)
+
+    version = state.next_version()
+    prev = state.meta
+    changed = sum(1 for p, h in content.items() if p in before and before[p] != h)
+    added = sum(1 for p in content if p not in before)
+    removed = sum(1 for p in before if p not in content)
+    summary = ", ".join(f"{n} file(s) {what}" for n, what in ((added, "added"), (changed, "changed"),
+                                                             (removed, "removed")) if n) or "republished"
+    if message:
+        summary = f"{message} ({summary})"
+    today = _dt.datetime.now(_dt.UTC).date().isoformat()
+    meta: dict[str, Any] = {
+        "hubkit_version": __version__,
+        "kind": "regenerated-weights",
+        "version": version,
+        "repo_id": repo_id,
+        "source": source or (prev or {}).get("source"),
+        "history": [h for h in state.history if h.get("version") != version]
+        + [{"version": version, "date": today, "summary": summary}],
+        "files": [{"path": f.path, "size": f.size, "sha256": f.sha256, "kind": f.kind} for f in files],
+        "owned": sorted(content) + [HUBKIT_JSON],
+    }
+    blob = meta_bytes(meta)
+    package = Package(files=sorted(files + [PackageFile(HUBKIT_JSON, len(blob), sha256_bytes(blob), "metadata",
+                                                        data=blob)], key=lambda f: f.path), meta=meta)
+    adds, changes, deletes, same = diff_package(package, state)
+    plan = PublishPlan(repo_id=repo_id, repo_type="model", branch="main", version=version, parent=state.head,
+                       create_repo=not state.exists, create_branch=False, create_pr=False, private=private,
+                       adds=adds, changes=changes, deletes=deletes, unchanged=same, summary=summary,
+                       card=card or "", notes=list(state.notes))
+    result = PublishResult(repo_id, version, None, hub.url(repo_id), plan, notes=plan.notes)
+    with _progress_bars(progress):
+        parent = state.head
+        if not state.exists:
+            hub.ensure_repo(repo_id, private=private)
+            parent = hub.head_of(repo_id, "main")
+        commit, _ = hub.commit(repo_id, _operations(package, plan), message=message or f"hubkit regenerate {version}",
+                               description=f"{version}: {summary}", parent=parent, branch="main", create_pr=False,
+                               marker_sha256=sha256_bytes(blob))
+    result.commit = commit
+    hub.tag(repo_id, version, commit, message=f"hubkit {version}: {summary}")
+    result.tagged = True
+    result.url = f"{hub.url(repo_id)}/tree/{version}"
+    return result

@@ -467,3 +467,49 @@ def test_record_regeneration_puts_shard_hashes_in_the_recipe(hub, repo_id, run, 
     assert seen == {"base": tmp_path / "base", "title": "Refusal-direction abliteration of Qwen3.5-4B"}
     assert meta(hub, repo_id)["regenerate"]["shards_sha256"] == {"model-00001-of-00001.safetensors": "ab" * 32}
     assert re.search(rf"published v1 to .*/{repo_id}/tree/v1 \(commit [0-9a-f]{{12}}\)", res.output)
+
+
+# --------------------------------------------------------------------------- a regenerated model folder
+
+
+def test_push_model_folder_versions_and_skips_unchanged_shards(hub, repo_id, tmp_path):
+    from huggingface_hub import hf_hub_download
+
+    from hubkit.publish import push_model_folder
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "llama", "hidden_size": 64}')
+    (folder / "model.safetensors").write_bytes(os.urandom(64 * 1024))
+    (folder / "README.md").write_text("# regenerated\n")
+    first = push_model_folder(folder, repo_id, progress=False, source={"repo_id": "a/b", "commit": "c" * 40})
+    assert first.version == "v1" and first.tagged
+    assert set(hub.list_files(repo_id)) >= {"config.json", "model.safetensors", "README.md", "hubkit.json"}
+    m = meta(hub, repo_id)
+    assert m["kind"] == "regenerated-weights" and m["source"]["repo_id"] == "a/b"
+    shard = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    assert {f["path"]: f["sha256"] for f in m["files"]}["model.safetensors"] == shard
+
+    hub.clear_log()
+    again = push_model_folder(folder, repo_id, progress=False)
+    assert again.nothing_changed and writes(hub) == []
+
+    (folder / "README.md").write_text("# regenerated, with notes\n")
+    hub.clear_log()
+    second = push_model_folder(folder, repo_id, progress=False)
+    assert second.version == "v2" and hub.lfs_upload_bytes() == 0  # the shard is not sent again
+    assert [h["version"] for h in meta(hub, repo_id)["history"]] == ["v1", "v2"]
+    assert "1 file(s) changed" in meta(hub, repo_id)["history"][-1]["summary"]
+    v1 = hf_hub_download(repo_id, "README.md", revision="v1")
+    assert Path(v1).read_text() == "# regenerated\n"
+
+
+def test_push_model_folder_refuses_a_secret(hub, repo_id, tmp_path):
+    from hubkit.publish import push_model_folder
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"note": "hf_' + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7" + '"}')
+    with pytest.raises(SecretFound, match="config.json:1"):
+        push_model_folder(folder, repo_id, progress=False)
+    assert not hub.repo_exists(repo_id)
