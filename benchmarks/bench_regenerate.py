@@ -49,7 +49,9 @@ def _drop_caches() -> bool:
 
 def _warm(ckpt: Path) -> None:
     """Read the shards once (in a child: this process stays small, see :func:`_recipe`)."""
-    subprocess.run(["cat", *map(str, sorted(ckpt.glob("*.safetensors")))], stdout=subprocess.DEVNULL, check=True)
+    subprocess.run(
+        ["cat", *map(str, sorted(ckpt.glob("*.safetensors")))], stdout=subprocess.DEVNULL, check=True
+    )
 
 
 def _child(argv: list[str], env: dict[str, str] | None = None) -> dict:
@@ -60,9 +62,14 @@ def _child(argv: list[str], env: dict[str, str] | None = None) -> dict:
     _, status, ru = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return {"wall_s": round(wall, 2), "peak_rss_mib": round(ru.ru_maxrss / 1024, 1), "rc": proc.returncode,
-            "user_s": round(ru.ru_utime, 1), "sys_s": round(ru.ru_stime, 1),
-            "tail": out.decode(errors="replace")[-1500:]}
+    return {
+        "wall_s": round(wall, 2),
+        "peak_rss_mib": round(ru.ru_maxrss / 1024, 1),
+        "rc": proc.returncode,
+        "user_s": round(ru.ru_utime, 1),
+        "sys_s": round(ru.ru_stime, 1),
+        "tail": out.decode(errors="replace")[-1500:],
+    }
 
 
 COPY_SNIPPET = """
@@ -103,8 +110,12 @@ def _recipe(root: Path, d: int, layer: int = LAYER) -> tuple[Path, Path]:
     Runs in a child process: this process stays free of torch, because a child's peak RSS (ru_maxrss) starts
     from its parent's size at fork.
     """
-    subprocess.run([sys.executable, __file__, "--make-recipe", str(root), str(d), str(layer)], check=True, cwd=REPO,
-                   env={**os.environ, "PYTHONPATH": str(REPO)})
+    subprocess.run(
+        [sys.executable, __file__, "--make-recipe", str(root), str(d), str(layer)],
+        check=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     return root, root / "vectors" / "refusal.safetensors"
 
 
@@ -120,15 +131,30 @@ def _make_recipe(root: Path, d: int, layer: int) -> None:
     path = root / "vectors" / "refusal.safetensors"
     write_canonical(ds, path)
     meta = {
-        "hubkit_version": "0.1.0", "version": "v1",
+        "hubkit_version": "0.1.0",
+        "version": "v1",
         "run": {"title": "benchmark", "base_model": "Qwen/Qwen3.5-4B", "base_model_revision": None},
         "files": [],
-        "directions": [{"name": "refusal", "file": "vectors/refusal_dir.pt", "canonical": "vectors/refusal.safetensors",
-                        "layers": [layer], "d": d, "selected_layer": layer, "layer_convention": "block",
-                        "unit_norm": False}],
-        "regenerate": {"direction": "refusal", "layer": layer, "layer_convention": "block",
-                       "targets": ["embed_tokens", "attn_out", "mlp_down"], "base_model": "Qwen/Qwen3.5-4B",
-                       "base_model_revision": None},
+        "directions": [
+            {
+                "name": "refusal",
+                "file": "vectors/refusal_dir.pt",
+                "canonical": "vectors/refusal.safetensors",
+                "layers": [layer],
+                "d": d,
+                "selected_layer": layer,
+                "layer_convention": "block",
+                "unit_norm": False,
+            }
+        ],
+        "regenerate": {
+            "direction": "refusal",
+            "layer": layer,
+            "layer_convention": "block",
+            "targets": ["embed_tokens", "attn_out", "mlp_down"],
+            "base_model": "Qwen/Qwen3.5-4B",
+            "base_model_revision": None,
+        },
     }
     (root / "hubkit.json").write_text(json.dumps(meta, indent=2))
 
@@ -147,10 +173,14 @@ def main() -> None:
         _make_recipe(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workdir", type=Path, required=True, help="Where the checkpoint and outputs go (~30 GB).")
+    ap.add_argument(
+        "--workdir", type=Path, required=True, help="Where the checkpoint and outputs go (~30 GB)."
+    )
     ap.add_argument("--devices", default="cpu", help="hubkit devices, e.g. cpu,cuda")
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--transformers-devices", default=None, help="default: the last of --devices; 'none' skips")
+    ap.add_argument(
+        "--transformers-devices", default=None, help="default: the last of --devices; 'none' skips"
+    )
     ap.add_argument("--small-layers", type=int, default=8, help="0 skips the RSS-vs-size run")
     ap.add_argument("--cold", action="store_true", help="drop the page cache before each run (root)")
     ap.add_argument("--keep", action="store_true", help="keep the checkpoints")
@@ -200,10 +230,28 @@ def main() -> None:
     for _ in range(args.repeats):
         run("copy", [py, "-c", COPY_SNIPPET, str(ckpt), str(out)], out)
         for dev in devices:
-            run(f"hubkit-{dev}", [py, "-m", "hubkit.cli", "regenerate", str(recipe), "--base-model", str(ckpt),
-                                  "--out", str(out), "--no-progress", "--device", dev], out)
+            run(
+                f"hubkit-{dev}",
+                [
+                    py,
+                    "-m",
+                    "hubkit.cli",
+                    "regenerate",
+                    str(recipe),
+                    "--base-model",
+                    str(ckpt),
+                    "--out",
+                    str(out),
+                    "--no-progress",
+                    "--device",
+                    dev,
+                ],
+                out,
+            )
     for dev in tdevs_list:
-        run(f"transformers-{dev}", [py, "-c", TRANSFORMERS_SNIPPET, str(ckpt), str(out), str(rfile), dev], out)
+        run(
+            f"transformers-{dev}", [py, "-c", TRANSFORMERS_SNIPPET, str(ckpt), str(out), str(rfile), dev], out
+        )
 
     small = None
     if args.small_layers:
@@ -211,9 +259,25 @@ def main() -> None:
         if not (small / "model.safetensors.index.json").is_file():
             write_checkpoint(small, config_for(args.small_layers), int(3e9), log=lambda *a: None)
         small_recipe, _ = _recipe(work / "recipe-small", 2560, args.small_layers // 2)
-        run(f"hubkit-{devices[0]}-{args.small_layers}L",
-            [py, "-m", "hubkit.cli", "regenerate", str(small_recipe), "--base-model", str(small), "--out", str(out),
-             "--no-progress", "--device", devices[0]], out, src=small)
+        run(
+            f"hubkit-{devices[0]}-{args.small_layers}L",
+            [
+                py,
+                "-m",
+                "hubkit.cli",
+                "regenerate",
+                str(small_recipe),
+                "--base-model",
+                str(small),
+                "--out",
+                str(out),
+                "--no-progress",
+                "--device",
+                devices[0],
+            ],
+            out,
+            src=small,
+        )
 
     def median(name: str) -> float | None:
         ok = sorted(r["wall_s"] for r in results.get(name, []) if r["rc"] == 0)
@@ -237,12 +301,23 @@ def main() -> None:
     deterministic = len({json.dumps(h, sort_keys=True) for h in all_hashes}) == 1 if all_hashes else None
 
     probe = "import torch; print(torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
-    torch_version, _, gpu = subprocess.run([py, "-c", probe], capture_output=True, text=True).stdout.strip().partition(" ")
+    torch_version, _, gpu = (
+        subprocess.run([py, "-c", probe], capture_output=True, text=True).stdout.strip().partition(" ")
+    )
     report = {
         "label": args.label,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch_version,
-                    "cuda": gpu or None, "load_avg_end": os.getloadavg()},
-        "checkpoint": {"bytes": _size(ckpt), "shards": len(list(ckpt.glob("*.safetensors"))), "generate_s": gen_s},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "torch": torch_version,
+            "cuda": gpu or None,
+            "load_avg_end": os.getloadavg(),
+        },
+        "checkpoint": {
+            "bytes": _size(ckpt),
+            "shards": len(list(ckpt.glob("*.safetensors"))),
+            "generate_s": gen_s,
+        },
         "small_checkpoint_bytes": _size(small) if small else None,
         "cold_cache": args.cold,
         "runs": results,
@@ -252,8 +327,10 @@ def main() -> None:
         "hubkit_shard_sha256": all_hashes[0] if all_hashes else None,
         "deterministic_across_runs_and_devices": deterministic,
     }
-    print(f"\n{_size(ckpt) / 1e9:.2f} GB checkpoint, {report['checkpoint']['shards']} shards, "
-          f"{'cold' if args.cold else 'warm'} page cache, {args.label}\n")
+    print(
+        f"\n{_size(ckpt) / 1e9:.2f} GB checkpoint, {report['checkpoint']['shards']} shards, "
+        f"{'cold' if args.cold else 'warm'} page cache, {args.label}\n"
+    )
     print("| run | median wall (s) | vs copy | peak RSS (MiB) |\n| --- | ---: | ---: | ---: |")
     print("\n".join(rows))
     for k, v in speedups.items():

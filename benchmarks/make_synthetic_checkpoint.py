@@ -104,8 +104,12 @@ def tensor_specs(cfg: dict) -> list[tuple[str, tuple[int, ...]]]:
     tc, vc = cfg["text_config"], cfg["vision_config"]
     d, f, hd, v = tc["hidden_size"], tc["intermediate_size"], tc["head_dim"], tc["vocab_size"]
     nh, nkv = tc["num_attention_heads"], tc["num_key_value_heads"]
-    nk, nv, dk, dv = (tc["linear_num_key_heads"], tc["linear_num_value_heads"], tc["linear_key_head_dim"],
-                      tc["linear_value_head_dim"])
+    nk, nv, dk, dv = (
+        tc["linear_num_key_heads"],
+        tc["linear_num_value_heads"],
+        tc["linear_key_head_dim"],
+        tc["linear_value_head_dim"],
+    )
     specs: dict[str, tuple[int, ...]] = {}
     p = "model.language_model."
     specs[p + "embed_tokens.weight"] = (v, d)
@@ -138,8 +142,13 @@ def tensor_specs(cfg: dict) -> list[tuple[str, tuple[int, ...]]]:
     hv, iv, out = vc["hidden_size"], vc["intermediate_size"], vc["out_hidden_size"]
     m = hv * vc["spatial_merge_size"] ** 2
     q = "model.visual."
-    specs[q + "patch_embed.proj.weight"] = (hv, vc["in_channels"], vc["temporal_patch_size"], vc["patch_size"],
-                                           vc["patch_size"])
+    specs[q + "patch_embed.proj.weight"] = (
+        hv,
+        vc["in_channels"],
+        vc["temporal_patch_size"],
+        vc["patch_size"],
+        vc["patch_size"],
+    )
     specs[q + "patch_embed.proj.bias"] = (hv,)
     specs[q + "pos_embed.weight"] = (vc["num_position_embeddings"], hv)
     for i in range(vc["depth"]):
@@ -147,8 +156,12 @@ def tensor_specs(cfg: dict) -> list[tuple[str, tuple[int, ...]]]:
         for norm in ("norm1", "norm2"):
             specs[b + norm + ".weight"] = (hv,)
             specs[b + norm + ".bias"] = (hv,)
-        for name, shape in (("attn.qkv", (3 * hv, hv)), ("attn.proj", (hv, hv)), ("mlp.linear_fc1", (iv, hv)),
-                            ("mlp.linear_fc2", (hv, iv))):
+        for name, shape in (
+            ("attn.qkv", (3 * hv, hv)),
+            ("attn.proj", (hv, hv)),
+            ("mlp.linear_fc1", (iv, hv)),
+            ("mlp.linear_fc2", (hv, iv)),
+        ):
             specs[b + name + ".weight"] = shape
             specs[b + name + ".bias"] = (shape[0],)
     specs[q + "merger.norm.weight"] = (hv,)
@@ -250,7 +263,8 @@ def write_checkpoint(out: Path, cfg: dict, shard_bytes: int, seed: int = 0, log=
     (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     (out / "generation_config.json").write_text(
-        json.dumps({"bos_token_id": 248044, "eos_token_id": [248046, 248044], "do_sample": True}, indent=2) + "\n"
+        json.dumps({"bos_token_id": 248044, "eos_token_id": [248046, 248044], "do_sample": True}, indent=2)
+        + "\n"
     )
     (out / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "Qwen2Tokenizer"}) + "\n")
     return out

@@ -93,8 +93,15 @@ def _direction_key(block: int, convention: str) -> int:
     return block if convention == "block" else block + 1
 
 
-def recipe_from_meta(meta: dict[str, Any], root: Path, *, where: str, source: str, revision: str | None = None,
-                     fetch: Any = None) -> Recipe:
+def recipe_from_meta(
+    meta: dict[str, Any],
+    root: Path,
+    *,
+    where: str,
+    source: str,
+    revision: str | None = None,
+    fetch: Any = None,
+) -> Recipe:
     """Parse ``hubkit.json``; ``fetch(path) -> Path`` gets a repo file (local root or Hub download)."""
     from .directions import read_canonical, to_block_index
 
@@ -104,7 +111,9 @@ def recipe_from_meta(meta: dict[str, Any], root: Path, *, where: str, source: st
     name = regen.get("direction")
     entry = next((d for d in meta.get("directions") or [] if d.get("name") == name), None)
     if entry is None or not entry.get("canonical"):
-        raise HubkitError(f"{where}: regenerate.direction '{name}' has no entry with a canonical file in directions")
+        raise HubkitError(
+            f"{where}: regenerate.direction '{name}' has no entry with a canonical file in directions"
+        )
     if regen.get("layer") is None:
         raise HubkitError(f"{where}: regenerate.layer is missing")
     rel = entry["canonical"]
@@ -113,7 +122,9 @@ def recipe_from_meta(meta: dict[str, Any], root: Path, *, where: str, source: st
     if recorded:
         actual = _sha256(Path(path))
         if actual != recorded:
-            raise ProvenanceError(f"{rel}: sha256 {actual[:12]}… ≠ {recorded[:12]}… recorded in {where} files")
+            raise ProvenanceError(
+                f"{rel}: sha256 {actual[:12]}… ≠ {recorded[:12]}… recorded in {where} files"
+            )
     ds = read_canonical(path, display=rel)
     convention = regen.get("layer_convention") or entry.get("layer_convention") or ds.layer_convention
     layer = int(regen["layer"])
@@ -145,7 +156,9 @@ def recipe_from_run(run: Run) -> Recipe:
     ds = run.direction(r.direction)
     layer = r.layer if r.layer is not None else ds.selected_layer
     if layer is None:
-        raise HubkitError(f"{run.root}/hubkit.yaml: regenerate.layer is needed ({ds.source} has several layers)")
+        raise HubkitError(
+            f"{run.root}/hubkit.yaml: regenerate.layer is needed ({ds.source} has several layers)"
+        )
     return Recipe(
         direction_name=ds.name,
         direction=ds.vector(layer),
@@ -175,7 +188,9 @@ def load_recipe(source: str | Path | Run, *, revision: str | None = None) -> Rec
             from .run import load_run
 
             return recipe_from_run(load_run(path))
-        raise HubkitError(f"{path}: neither {HUBKIT_JSON} (a staged or pulled repo) nor hubkit.yaml (a run folder)")
+        raise HubkitError(
+            f"{path}: neither {HUBKIT_JSON} (a staged or pulled repo) nor hubkit.yaml (a run folder)"
+        )
     if not _REPO_ID.match(str(source)):
         raise HubkitError(f"{source}: no such folder, and not a Hub repo id (OWNER/NAME)")
     return _hub_recipe(str(source), revision)
@@ -188,7 +203,9 @@ def _hub_recipe(repo_id: str, revision: str | None) -> Recipe:
     try:
         commit = api.repo_info(repo_id, revision=revision).sha
     except Exception as e:  # noqa: BLE001 - every Hub failure becomes one line
-        raise HubError(f"{repo_id}{'@' + revision if revision else ''}: can't read the repo ({_first_line(e)})") from e
+        raise HubError(
+            f"{repo_id}{'@' + revision if revision else ''}: can't read the repo ({_first_line(e)})"
+        ) from e
 
     def fetch(rel: str) -> Path:
         try:
@@ -197,8 +214,14 @@ def _hub_recipe(repo_id: str, revision: str | None) -> Recipe:
             raise HubError(f"{repo_id}@{commit[:12]}: can't download {rel} ({_first_line(e)})") from e
 
     meta = _read_json(fetch(HUBKIT_JSON))
-    return recipe_from_meta(meta, Path("."), where=f"{repo_id}@{commit[:12]}:{HUBKIT_JSON}", source=repo_id,
-                            revision=commit, fetch=fetch)
+    return recipe_from_meta(
+        meta,
+        Path("."),
+        where=f"{repo_id}@{commit[:12]}:{HUBKIT_JSON}",
+        source=repo_id,
+        revision=commit,
+        fetch=fetch,
+    )
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -235,7 +258,9 @@ class BaseCheckpoint:
     notes: list[str] = field(default_factory=list)
 
 
-def resolve_base(recipe: Recipe, base_model: str | Path | None = None, *, plan_only: bool = False) -> BaseCheckpoint:
+def resolve_base(
+    recipe: Recipe, base_model: str | Path | None = None, *, plan_only: bool = False
+) -> BaseCheckpoint:
     """Find or fetch the base checkpoint, refusing one that is not the recorded base model / revision."""
     given = base_model if base_model is not None else recipe.base_model
     if given is None:
@@ -256,14 +281,22 @@ def resolve_base(recipe: Recipe, base_model: str | Path | None = None, *, plan_o
 def _local_base(recipe: Recipe, path: Path) -> BaseCheckpoint:
     m = _SNAPSHOT.search(path.resolve().as_posix())
     if m is None:
-        return BaseCheckpoint(path, None, None, [f"base is the local folder {path}: its origin can't be checked, only "
-                                                 "its config and tensors"])
+        return BaseCheckpoint(
+            path,
+            None,
+            None,
+            [f"base is the local folder {path}: its origin can't be checked, only its config and tensors"],
+        )
     repo_id, commit = f"{m['org']}/{m['name']}", m["commit"]
     if recipe.base_model and repo_id.lower() != recipe.base_model.lower():
-        raise ProvenanceError(f"{path}: a snapshot of {repo_id}, the recipe records base_model {recipe.base_model}")
+        raise ProvenanceError(
+            f"{path}: a snapshot of {repo_id}, the recipe records base_model {recipe.base_model}"
+        )
     rev = recipe.base_model_revision
     if rev and re.fullmatch(r"[0-9a-f]{40}", rev) and rev != commit:
-        raise ProvenanceError(f"{path}: snapshot of {repo_id} at {commit[:12]}, the recipe records revision {rev[:12]}")
+        raise ProvenanceError(
+            f"{path}: snapshot of {repo_id} at {commit[:12]}, the recipe records revision {rev[:12]}"
+        )
     return BaseCheckpoint(path, repo_id, commit)
 
 
@@ -275,8 +308,9 @@ def _hub_base(repo_id: str, revision: str | None, *, plan_only: bool) -> BaseChe
         patterns = BASE_PATTERNS if not plan_only else [p for p in BASE_PATTERNS if p != "*.safetensors"]
         path = Path(snapshot_download(repo_id, revision=commit, allow_patterns=patterns))
     except Exception as e:  # noqa: BLE001
-        raise HubError(f"{repo_id}{'@' + revision if revision else ''}: can't fetch the base model "
-                       f"({_first_line(e)})") from e
+        raise HubError(
+            f"{repo_id}{'@' + revision if revision else ''}: can't fetch the base model ({_first_line(e)})"
+        ) from e
     notes = [] if revision else [f"the recipe records no base_model_revision; used {repo_id}@{commit[:12]}"]
     return BaseCheckpoint(path, repo_id, commit, notes)
 
@@ -325,7 +359,9 @@ def check_provenance(recipe: Recipe, config: dict[str, Any], base: BaseCheckpoin
     if recipe.model_type:
         text_type = (config.get("text_config") or {}).get("model_type")
         if recipe.model_type not in (model_type, text_type):
-            raise ProvenanceError(f"{where}: model_type {model_type} ≠ {recipe.model_type} recorded in the recipe")
+            raise ProvenanceError(
+                f"{where}: model_type {model_type} ≠ {recipe.model_type} recorded in the recipe"
+            )
 
 
 # ====================================================================== regenerate
@@ -363,7 +399,7 @@ class RegenerateResult:
         if self.worst is not None:
             w = self.worst
             lines.append(
-                f"worst ‖rᵀW‖/‖W‖ after: {w.after:.2e} ({w.name}, {w.dtype}, rounding level {w.threshold:.1e}; "
+                f"worst component along r after: {w.after:.2e} ({w.name}, {w.dtype}, rounding level {w.threshold:.1e}; "
                 f"before: {w.before:.2e})"
             )
         lines += [f"note: {n}" for n in self.notes]
@@ -383,12 +419,15 @@ def _check_push_wired() -> Any:
 
     fn = getattr(publish, "push_model_folder", None)
     if fn is None:
-        raise HubkitError("--push-to: publishing a regenerated model folder is not yet wired in hubkit.publish")
+        raise HubkitError(
+            "--push-to: publishing a regenerated model folder is not yet wired in hubkit.publish"
+        )
     return fn
 
 
-def _prepare(source: str | Path | Run, revision: str | None, base_model: str | Path | None, plan_only: bool
-             ) -> tuple[Recipe, BaseCheckpoint, TensorPlan]:
+def _prepare(
+    source: str | Path | Run, revision: str | None, base_model: str | Path | None, plan_only: bool
+) -> tuple[Recipe, BaseCheckpoint, TensorPlan]:
     recipe = load_recipe(source, revision=revision)
     base = resolve_base(recipe, base_model, plan_only=plan_only)
     config = read_config(base.path)
@@ -439,21 +478,49 @@ def regenerate(
         if (base.path / INDEX_NAME).is_file():
             shutil.copyfile(base.path / INDEX_NAME, tmp / INDEX_NAME)
         verification, differing = _compare(recipe.shards_sha256, result.shards_sha256)
-        res = RegenerateResult(out, plan, result.shards_sha256, verification, differing, result.worst,
-                               result.all_orthogonal, recipe, base, notes)
+        res = RegenerateResult(
+            out,
+            plan,
+            result.shards_sha256,
+            verification,
+            differing,
+            result.worst,
+            result.all_orthogonal,
+            recipe,
+            base,
+            notes,
+        )
         (tmp / "README.md").write_text(render_card(res, result), encoding="utf-8")
 
     if verify and verification == "differs":
         raise VerificationFailed(
-            f"{out}: shard(s) differ from the published recipe: {', '.join(differing)} (the folder is kept)", res
+            f"{out}: shard(s) differ from the published recipe: {', '.join(differing)} (the folder is kept)",
+            res,
         )
     if verify and not res.orthogonal and res.worst is not None:
         raise VerificationFailed(
             f"{out}: {res.worst.name} keeps ‖rᵀW‖/‖W‖ = {res.worst.after:.2e} along r, above the "
-            f"{res.worst.dtype} rounding level {res.worst.threshold:.1e}", res
+            f"{res.worst.dtype} rounding level {res.worst.threshold:.1e}",
+            res,
         )
     if push is not None:
-        push(out, push_to, card=(out / "README.md").read_text(encoding="utf-8"))
+        source = {
+            "recipe": recipe.source,
+            "recipe_revision": recipe.source_revision,
+            "direction": recipe.direction_name,
+            "layer": recipe.layer,
+            "layer_convention": recipe.layer_convention,
+            "base_model": base.repo_id or recipe.base_model,
+            "base_model_revision": base.commit,
+            "shards_sha256": res.shards_sha256,
+        }
+        push(
+            out,
+            push_to,
+            card=(out / "README.md").read_text(encoding="utf-8"),
+            source=source,
+            progress=progress,
+        )
     return res
 
 
@@ -476,7 +543,9 @@ def record_regeneration(
     Nothing is written: the shards are streamed through the hash only.
     """
     recipe, base, plan = _prepare(source, None, base_dir, False)
-    return execute_plan(plan, base.path, None, recipe.direction, device=device, progress=progress).shards_sha256
+    return execute_plan(
+        plan, base.path, None, recipe.direction, device=device, progress=progress
+    ).shards_sha256
 
 
 # ====================================================================== the weights card
@@ -486,8 +555,16 @@ def render_card(res: RegenerateResult, result: ExecutionResult) -> str:
     """README.md of the regenerated folder: where the weights come from and how to check them."""
     r, plan, base = res.recipe, res.plan, res.base
     base_name = base.repo_id or r.base_model or str(base.path)
-    front = ["---", f"base_model: {base_name}", "library_name: transformers", "tags:", "- abliterated",
-             "- hubkit", "---", ""]
+    front = [
+        "---",
+        f"base_model: {base_name}",
+        "library_name: transformers",
+        "tags:",
+        "- abliterated",
+        "- hubkit",
+        "---",
+        "",
+    ]
     src = r.source + (f" @ {r.source_revision}" if r.source_revision else "")
     counts = plan.counts()
     target_lines = {
@@ -515,8 +592,10 @@ def render_card(res: RegenerateResult, result: ExecutionResult) -> str:
         if t in target_lines:
             lines.append(f"- {target_lines[t]} — {counts.get(t, 0)} tensor(s)")
     if plan.tied and "embed_tokens" in plan.targets:
-        lines.append("- **Tied embeddings**: the checkpoint has no separate lm_head, so the unembedding changes "
-                     "with the embedding.")
+        lines.append(
+            "- **Tied embeddings**: the checkpoint has no separate lm_head, so the unembedding changes "
+            "with the embedding."
+        )
     lines += [f"- Note: {n}" for n in [*plan.notes, *res.notes] if "tied embeddings" not in n]
     lines += [
         "",
@@ -528,17 +607,25 @@ def render_card(res: RegenerateResult, result: ExecutionResult) -> str:
     worst = result.worst
     if worst is not None:
         lines += [
-            f"Worst remaining component along r: ‖rᵀW‖/‖W‖ = {worst.after:.2e} in `{worst.name}` ({worst.dtype}; "
+            f"Worst remaining component along r (‖rᵀW‖/‖W‖; ‖W r‖/‖W‖ for rows): {worst.after:.2e} in `{worst.name}` ({worst.dtype}; "
             f"its rounding level is {worst.threshold:.1e}; before: {worst.before:.2e}).",
             "",
         ]
     verdict = {
         "bit-identical": "**bit-identical to the published recipe** (every shard's sha256 matches).",
-        "differs": "**differs from the published recipe** in: " + ", ".join(f"`{n}`" for n in res.differing) + ".",
+        "differs": "**differs from the published recipe** in: "
+        + ", ".join(f"`{n}`" for n in res.differing)
+        + ".",
         "not recorded": "the recipe records no shard hashes, so there was nothing to compare with.",
     }[res.verification]
-    lines += ["## Verification", "", f"Compared with the recorded shard hashes: {verdict}", "",
-              "| shard | sha256 |", "| --- | --- |"]
+    lines += [
+        "## Verification",
+        "",
+        f"Compared with the recorded shard hashes: {verdict}",
+        "",
+        "| shard | sha256 |",
+        "| --- | --- |",
+    ]
     lines += [f"| `{name}` | `{sha}` |" for name, sha in sorted(res.shards_sha256.items())]
     cmd = f"hubkit regenerate {r.source}" + (f" --revision {r.source_revision}" if r.source_revision else "")
     lines += ["", "Reproduce:", "", "```", cmd, "```", ""]

@@ -47,13 +47,20 @@ def ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def _load(path: Path):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
-    cls = AutoModelForImageTextToText if AutoConfig.from_pretrained(path).model_type == "qwen3_5" else AutoModelForCausalLM
+    cls = (
+        AutoModelForImageTextToText
+        if AutoConfig.from_pretrained(path).model_type == "qwen3_5"
+        else AutoModelForCausalLM
+    )
     return cls.from_pretrained(path).eval()
 
 
 def _decoder_layers(model) -> torch.nn.ModuleList:
-    return next(m for n, m in model.named_modules()
-                if isinstance(m, torch.nn.ModuleList) and n.endswith("layers") and "visual" not in n)
+    return next(
+        m
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.ModuleList) and n.endswith("layers") and "visual" not in n
+    )
 
 
 def _cols_(w: torch.Tensor, r: torch.Tensor) -> None:  # W [d, in] ← W − r (rᵀ W)
@@ -71,7 +78,7 @@ def seed_abliterate(model, r: torch.Tensor) -> set[str]:
 
     Returns the names of the parameters it edited.
     """
-    r = (r.double() / r.double().norm())
+    r = r.double() / r.double().norm()
     ids = {id(p): n for n, p in model.named_parameters()}
     edited = set()
     with torch.no_grad():
@@ -122,10 +129,15 @@ def _index(shapes: dict[str, tuple[int, ...]], dtype: str = "BF16") -> tuple[dic
 
 def _qwen3_5_names(layers: int = 4) -> dict[str, tuple[int, ...]]:
     p = "model.language_model."
-    names = {p + "embed_tokens.weight": (100, D), p + "norm.weight": (D,),
-             "model.visual.blocks.0.attn.proj.weight": (32, 32), "model.visual.merger.linear_fc2.weight": (D, 128),
-             "mtp.layers.0.self_attn.o_proj.weight": (D, 64), "mtp.layers.0.mlp.down_proj.weight": (D, 128),
-             "mtp.fc.weight": (D, 2 * D)}
+    names = {
+        p + "embed_tokens.weight": (100, D),
+        p + "norm.weight": (D,),
+        "model.visual.blocks.0.attn.proj.weight": (32, 32),
+        "model.visual.merger.linear_fc2.weight": (D, 128),
+        "mtp.layers.0.self_attn.o_proj.weight": (D, 64),
+        "mtp.layers.0.mlp.down_proj.weight": (D, 128),
+        "mtp.fc.weight": (D, 2 * D),
+    }
     for i in range(layers):
         b = f"{p}layers.{i}."
         if (i + 1) % 4:
@@ -140,8 +152,11 @@ def _qwen3_5_names(layers: int = 4) -> dict[str, tuple[int, ...]]:
     return names
 
 
-QWEN3_5_CONFIG = {"model_type": "qwen3_5", "tie_word_embeddings": True,
-                  "text_config": {"model_type": "qwen3_5_text", "hidden_size": D, "num_hidden_layers": 4}}
+QWEN3_5_CONFIG = {
+    "model_type": "qwen3_5",
+    "tie_word_embeddings": True,
+    "text_config": {"model_type": "qwen3_5_text", "hidden_size": D, "num_hidden_layers": 4},
+}
 
 
 def test_plan_qwen3_5_hybrid_vlm_touches_only_residual_writers() -> None:
@@ -191,25 +206,36 @@ def test_plan_moe_layouts() -> None:
         "model.layers.0.mlp.experts.down_proj_bias": "rows",
     }
 
-    fused = {"model.embed_tokens.weight": (100, D), "model.layers.0.self_attn.o_proj.weight": (D, D),
-             "model.layers.0.mlp.experts.down_proj": (e, D, i), "model.layers.0.mlp.shared_expert.down_proj.weight":
-             (D, 48)}
+    fused = {
+        "model.embed_tokens.weight": (100, D),
+        "model.layers.0.self_attn.o_proj.weight": (D, D),
+        "model.layers.0.mlp.experts.down_proj": (e, D, i),
+        "model.layers.0.mlp.shared_expert.down_proj.weight": (D, 48),
+    }
     tensors, shards = _index(fused)
-    plan = ab.build_plan({"model_type": "qwen3_moe", "hidden_size": D, "num_hidden_layers": 1}, tensors, shards)
+    plan = ab.build_plan(
+        {"model_type": "qwen3_moe", "hidden_size": D, "num_hidden_layers": 1}, tensors, shards
+    )
     by = {op.name: op.kind for op in plan.ops}
     assert by["model.layers.0.mlp.experts.down_proj"] == "cols"
     assert "model.layers.0.mlp.shared_expert.down_proj.weight" in by
 
-    mixtral = {"model.embed_tokens.weight": (100, D), "model.layers.0.self_attn.o_proj.weight": (D, D),
-               **{f"model.layers.0.block_sparse_moe.experts.{j}.w2.weight": (D, i) for j in range(e)}}
+    mixtral = {
+        "model.embed_tokens.weight": (100, D),
+        "model.layers.0.self_attn.o_proj.weight": (D, D),
+        **{f"model.layers.0.block_sparse_moe.experts.{j}.w2.weight": (D, i) for j in range(e)},
+    }
     tensors, shards = _index(mixtral)
     plan = ab.build_plan({"model_type": "mixtral", "hidden_size": D, "num_hidden_layers": 1}, tensors, shards)
     assert plan.counts() == {"embed_tokens": 1, "attn_out": 1, "mlp_down": e}
 
 
 def test_plan_gemma2_notes_sandwich_norms() -> None:
-    names = {"model.embed_tokens.weight": (100, D), "model.layers.0.self_attn.o_proj.weight": (D, D),
-             "model.layers.0.mlp.down_proj.weight": (D, 96)}
+    names = {
+        "model.embed_tokens.weight": (100, D),
+        "model.layers.0.self_attn.o_proj.weight": (D, D),
+        "model.layers.0.mlp.down_proj.weight": (D, 96),
+    }
     plan = ab.build_plan({"model_type": "gemma2", "hidden_size": D, "num_hidden_layers": 1}, *_index(names))
     assert any("post-attention" in n for n in plan.notes)
 
@@ -218,9 +244,13 @@ def test_nothing_matches_is_an_error() -> None:
     cfg = {"model_type": "llama", "hidden_size": D, "num_hidden_layers": 2}
     with pytest.raises(PlanError, match="no decoder blocks"):
         ab.build_plan(cfg, *_index({"transformer.h.0.attn.c_proj.weight": (D, D)}))
-    names = {"model.embed_tokens.weight": (100, D), "model.layers.0.self_attn.o_proj.weight": (D, D),
-             "model.layers.0.mlp.down_proj.weight": (D, 96), "model.layers.1.mlp.down_proj.weight": (D, 96),
-             "model.layers.1.mixer.out.weight": (D, D)}
+    names = {
+        "model.embed_tokens.weight": (100, D),
+        "model.layers.0.self_attn.o_proj.weight": (D, D),
+        "model.layers.0.mlp.down_proj.weight": (D, 96),
+        "model.layers.1.mlp.down_proj.weight": (D, 96),
+        "model.layers.1.mixer.out.weight": (D, D),
+    }
     with pytest.raises(PlanError, match=r"block\(s\) 1 have no attn_out"):
         ab.build_plan(cfg, *_index(names))
     with pytest.raises(PlanError, match="unknown"):
@@ -228,11 +258,15 @@ def test_nothing_matches_is_an_error() -> None:
 
 
 def test_quantized_or_misshapen_targets_are_refused() -> None:
-    names = {"model.embed_tokens.weight": (100, D), "model.layers.0.self_attn.o_proj.weight": (D, D),
-             "model.layers.0.mlp.down_proj.weight": (D, 96)}
+    names = {
+        "model.embed_tokens.weight": (100, D),
+        "model.layers.0.self_attn.o_proj.weight": (D, D),
+        "model.layers.0.mlp.down_proj.weight": (D, 96),
+    }
     tensors, shards = _index(names)
     tensors["model.layers.0.self_attn.o_proj.weight"] = ab.TensorInfo(
-        "model.layers.0.self_attn.o_proj.weight", "model.safetensors", "U8", (D, D // 2), 0, 1)
+        "model.layers.0.self_attn.o_proj.weight", "model.safetensors", "U8", (D, D // 2), 0, 1
+    )
     cfg = {"model_type": "llama", "hidden_size": D, "num_hidden_layers": 1}
     with pytest.raises(PlanError, match="U8.*unquantized"):
         ab.build_plan(cfg, tensors, shards)
@@ -254,10 +288,14 @@ CASES = ["qwen3_5", "qwen3_5_bf16", "llama", "llama_bias_bf16", "qwen3_moe", "qw
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_matches_seed_reference_and_leaves_other_bytes(case: str, ckpts: dict[str, Path], tmp_path: Path) -> None:
+def test_matches_seed_reference_and_leaves_other_bytes(
+    case: str, ckpts: dict[str, Path], tmp_path: Path
+) -> None:
     src = ckpts[case]
     r = _r()
-    plan, result = ab.abliterate_checkpoint(src, tmp_path / "out", r, progress=False, copy_files=["config.json"])
+    plan, result = ab.abliterate_checkpoint(
+        src, tmp_path / "out", r, progress=False, copy_files=["config.json"]
+    )
     out = tmp_path / "out"
 
     # every byte outside the rewritten tensors is the base's, header included
@@ -294,8 +332,9 @@ def test_matches_seed_reference_and_leaves_other_bytes(case: str, ckpts: dict[st
 def test_block_outputs_have_no_component_along_r(case: str, ckpts: dict[str, Path], tmp_path: Path) -> None:
     src = ckpts[case]
     r = _r(5)
-    ab.abliterate_checkpoint(src, tmp_path / "out", r, progress=False,
-                             copy_files=["config.json", "generation_config.json"])
+    ab.abliterate_checkpoint(
+        src, tmp_path / "out", r, progress=False, copy_files=["config.json", "generation_config.json"]
+    )
     model = _load(tmp_path / "out")
     stored = next(model.parameters()).dtype
     tol = 1e-5 if stored == torch.float32 else _rounding(stored)  # one rounding step of the stored weights
@@ -343,8 +382,9 @@ def test_sharded_and_unsharded_give_the_same_tensors(tmp_path: Path) -> None:
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_deterministic_and_device_blocking_invariant(ckpts: dict[str, Path], tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_deterministic_and_device_blocking_invariant(
+    ckpts: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     src = ckpts["qwen3_5_bf16"]
     monkeypatch.setattr(ab, "CHUNK_ELEMS", 300)  # many chunks per matrix, and an odd tail chunk
     r = _r(3)
@@ -380,10 +420,22 @@ def test_tree_sum_is_a_fixed_pairwise_order() -> None:
     assert torch.allclose(ab.tree_sum(y, 0), y.sum(0))
 
 
-@pytest.mark.parametrize(("where", "exc"), [("_compute_op", KeyboardInterrupt), ("_pwrite_buf", KeyboardInterrupt),
-                                            ("_copy_range", OSError), ("_get", KeyboardInterrupt)])
-def test_interrupted_write_leaves_nothing(where: str, exc: type[BaseException], ckpts: dict[str, Path],
-                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("where", "exc"),
+    [
+        ("_compute_op", KeyboardInterrupt),
+        ("_pwrite_buf", KeyboardInterrupt),
+        ("_copy_range", OSError),
+        ("_get", KeyboardInterrupt),
+    ],
+)
+def test_interrupted_write_leaves_nothing(
+    where: str,
+    exc: type[BaseException],
+    ckpts: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Whichever stream dies (compute thread, the hashing/writing main thread, the kernel copy), no folder."""
     real = getattr(ab, where)
     calls = []

@@ -21,31 +21,60 @@ BASE_ID = "Qwen/Qwen3.5-4B"
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tm.save_qwen3_5(tmp_path_factory.mktemp("base") / "qwen3_5", dtype=torch.bfloat16,
-                           max_shard_size="200KB")
+    return tm.save_qwen3_5(
+        tmp_path_factory.mktemp("base") / "qwen3_5", dtype=torch.bfloat16, max_shard_size="200KB"
+    )
 
 
-def make_recipe(root: Path, *, d: int = tm.HIDDEN, layer: int = 2, convention: str = "block",
-                targets: list[str] | None = None, shards: dict[str, str] | None = None, **regen: object) -> Path:
+def make_recipe(
+    root: Path,
+    *,
+    d: int = tm.HIDDEN,
+    layer: int = 2,
+    convention: str = "block",
+    targets: list[str] | None = None,
+    shards: dict[str, str] | None = None,
+    **regen: object,
+) -> Path:
     """A staged tree as the publish side writes it: hubkit.json + the canonical direction file."""
     g = torch.Generator().manual_seed(11)
     layers = list(range(max(4, layer + 1)))
-    ds = DirectionSet("persona", {i: torch.randn(d, generator=g) for i in layers}, selected_layer=layer,
-                      layer_convention=convention)
+    ds = DirectionSet(
+        "persona",
+        {i: torch.randn(d, generator=g) for i in layers},
+        selected_layer=layer,
+        layer_convention=convention,
+    )
     root.mkdir(parents=True, exist_ok=True)
     write_canonical(ds, root / "vectors" / "persona.safetensors")
-    entry = {"direction": "persona", "layer": layer, "layer_convention": convention,
-             "targets": targets or ["embed_tokens", "attn_out", "mlp_down"], "base_model": BASE_ID,
-             "base_model_revision": None, **regen}
+    entry = {
+        "direction": "persona",
+        "layer": layer,
+        "layer_convention": convention,
+        "targets": targets or ["embed_tokens", "attn_out", "mlp_down"],
+        "base_model": BASE_ID,
+        "base_model_revision": None,
+        **regen,
+    }
     if shards:
         entry["shards_sha256"] = shards
     meta = {
-        "hubkit_version": "0.1.0", "version": "v1",
+        "hubkit_version": "0.1.0",
+        "version": "v1",
         "run": {"title": "Persona vector", "base_model": BASE_ID, "base_model_revision": None},
         "files": [],
-        "directions": [{"name": "persona", "file": "vectors/persona_dir.pt", "canonical": "vectors/persona.safetensors",
-                        "layers": layers, "d": d, "selected_layer": layer, "layer_convention": convention,
-                        "unit_norm": False}],
+        "directions": [
+            {
+                "name": "persona",
+                "file": "vectors/persona_dir.pt",
+                "canonical": "vectors/persona.safetensors",
+                "layers": layers,
+                "d": d,
+                "selected_layer": layer,
+                "layer_convention": convention,
+                "unit_norm": False,
+            }
+        ],
         "regenerate": entry,
         "owned": ["README.md", "hubkit.json"],
     }
@@ -59,8 +88,17 @@ def test_regenerates_a_complete_folder(base: Path, tmp_path: Path) -> None:
     res = rg.regenerate(recipe, base_model=base, out=out, progress=False)
     names = sorted(os.listdir(out))
     shards = sorted(p.name for p in base.glob("*.safetensors"))
-    assert names == sorted(["README.md", "config.json", "generation_config.json", INDEX_NAME, "tokenizer.json",
-                            "tokenizer_config.json", *shards])
+    assert names == sorted(
+        [
+            "README.md",
+            "config.json",
+            "generation_config.json",
+            INDEX_NAME,
+            "tokenizer.json",
+            "tokenizer_config.json",
+            *shards,
+        ]
+    )
     assert (out / INDEX_NAME).read_bytes() == (base / INDEX_NAME).read_bytes()
     assert set(res.shards_sha256) == set(shards) and res.out == out
     assert res.verification == "not recorded" and res.orthogonal
@@ -100,7 +138,9 @@ def test_record_then_verify_bit_identical_and_name_the_differing_shard(base: Pat
 
 
 def test_plan_only_writes_nothing(base: Path, tmp_path: Path) -> None:
-    res = rg.regenerate(make_recipe(tmp_path / "staged"), base_model=base, out=tmp_path / "out", plan_only=True)
+    res = rg.regenerate(
+        make_recipe(tmp_path / "staged"), base_model=base, out=tmp_path / "out", plan_only=True
+    )
     assert res.out is None and not (tmp_path / "out").exists()
     assert res.plan.counts() == {"embed_tokens": 1, "attn_out": 4, "mlp_down": 4}
     assert "linear_attn.out_proj" in res.plan.render()
@@ -116,8 +156,9 @@ def test_plan_only_writes_nothing(base: Path, tmp_path: Path) -> None:
         ({}, "Other/Model", r"--base-model Other/Model ≠ Qwen/Qwen3.5-4B"),
     ],
 )
-def test_provenance_refusals(base: Path, tmp_path: Path, kwargs: dict, base_model: str | None,
-                             pattern: str | None) -> None:
+def test_provenance_refusals(
+    base: Path, tmp_path: Path, kwargs: dict, base_model: str | None, pattern: str | None
+) -> None:
     staged = make_recipe(tmp_path / "staged", **kwargs)
     out = tmp_path / "out"
     if pattern is None:
@@ -146,7 +187,9 @@ def test_snapshot_of_another_revision_is_refused(base: Path, tmp_path: Path) -> 
 def test_tampered_direction_file_is_refused(base: Path, tmp_path: Path) -> None:
     staged = make_recipe(tmp_path / "staged")
     meta = json.loads((staged / "hubkit.json").read_text())
-    meta["files"] = [{"path": "vectors/persona.safetensors", "size": 1, "sha256": "0" * 64, "kind": "direction"}]
+    meta["files"] = [
+        {"path": "vectors/persona.safetensors", "size": 1, "sha256": "0" * 64, "kind": "direction"}
+    ]
     (staged / "hubkit.json").write_text(json.dumps(meta))
     with pytest.raises(ProvenanceError, match="vectors/persona.safetensors: sha256"):
         rg.regenerate(staged, base_model=base, out=tmp_path / "out", progress=False)
@@ -169,8 +212,9 @@ def test_recipe_problems_are_one_line_errors(base: Path, tmp_path: Path) -> None
         rg.regenerate(staged, base_model=base, out=tmp_path / "o")
 
 
-def test_push_to_fails_before_any_work_when_unwired(base: Path, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_push_to_fails_before_any_work_when_unwired(
+    base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from hubkit import publish
 
     monkeypatch.delattr(publish, "push_model_folder", raising=False)
@@ -196,8 +240,9 @@ def test_example_run_regenerates_from_its_manifest_and_staged_tree(tmp_path: Pat
         rg.regenerate(staged, base_model=tm.save_qwen3_5(tmp_path / "shallow"), out=tmp_path / "o2")
 
 
-def test_hub_source_resolved_once_and_base_fetched_selectively(base: Path, tmp_path: Path, api, repo_id: str,
-                                                               hub, hf_cache: Path) -> None:
+def test_hub_source_resolved_once_and_base_fetched_selectively(
+    base: Path, tmp_path: Path, api, repo_id: str, hub, hf_cache: Path
+) -> None:
     base_repo = repo_id + "-base"
     api.create_repo(base_repo)
     api.upload_folder(folder_path=str(base), repo_id=base_repo)
@@ -247,3 +292,21 @@ def test_cuda_without_a_gpu_is_a_clear_error(base: Path, tmp_path: Path) -> None
     with pytest.raises(HubkitError, match="torch.cuda.is_available"):
         rg.regenerate(make_recipe(tmp_path / "staged"), base_model=base, out=tmp_path / "out", device="cuda")
     assert not (tmp_path / "out").exists()
+
+
+def test_push_to_publishes_the_folder(base: Path, tmp_path: Path, api, repo_id: str, hub) -> None:
+    res = rg.regenerate(
+        make_recipe(tmp_path / "staged"),
+        base_model=base,
+        out=tmp_path / "out",
+        push_to=repo_id,
+        progress=False,
+    )
+    files = set(api.list_repo_files(repo_id))
+    assert set(res.shards_sha256) | {"README.md", "config.json", INDEX_NAME} <= files
+    meta = json.loads(Path(api.hf_hub_download(repo_id, "hubkit.json")).read_text())
+    shard, sha = next(iter(res.shards_sha256.items()))
+    assert {"path": shard, "sha256": sha}.items() <= next(
+        f for f in meta["files"] if f["path"] == shard
+    ).items()
+    assert "bit-identical" not in (tmp_path / "out" / "README.md").read_text()  # nothing recorded to compare
