@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import DirectionError, PickleRefused
+from .errors import DirectionError, PickleRefused, first_line
 
 if TYPE_CHECKING:  # torch is imported lazily: `hubkit --help` and `validate` without tensors skip it
     import torch
@@ -170,7 +170,7 @@ def _read_raw(path: Path, where: str) -> tuple[Any, dict[str, str]]:
         except ValueError as e:
             raise PickleRefused(f"{where}: .npy holds Python objects (needs allow_pickle); refused") from e
         except Exception as e:
-            raise DirectionError(f"{where}: not a readable .npy file ({_first_line(e)})") from e
+            raise DirectionError(f"{where}: not a readable .npy file ({first_line(e)})") from e
         return torch.from_numpy(np.ascontiguousarray(arr)), {}
     raise DirectionError(f"{where}: unsupported direction format '{suffix}' (use .pt, .safetensors or .npy)")
 
@@ -184,14 +184,14 @@ def _load_pt(path: Path, where: str) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "unsupported global" not in str(e).lower() and "unsupported class" not in str(e).lower():
-            raise DirectionError(f"{where}: not a readable torch file ({_first_line(e)})") from e
+            raise DirectionError(f"{where}: not a readable torch file ({first_line(e)})") from e
         raise PickleRefused(
             f"{where}: needs full unpickling (weights_only=False), which can run arbitrary code; "
             "hubkit reads only tensors, dicts and lists of tensors. Re-save it with "
             "torch.save(tensor) or as .safetensors"
         ) from e
     except Exception as e:
-        raise DirectionError(f"{where}: not a readable torch file ({type(e).__name__}: {_first_line(e)})") from e
+        raise DirectionError(f"{where}: not a readable torch file ({type(e).__name__}: {first_line(e)})") from e
 
 
 def _load_safetensors(path: Path, where: str) -> tuple[dict[str, Any], dict[str, str]]:
@@ -202,15 +202,10 @@ def _load_safetensors(path: Path, where: str) -> tuple[dict[str, Any], dict[str,
             meta = dict(f.metadata() or {})
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no iterator
     except Exception as e:
-        raise DirectionError(f"{where}: not a readable safetensors file ({_first_line(e)})") from e
+        raise DirectionError(f"{where}: not a readable safetensors file ({first_line(e)})") from e
     if len(tensors) == 1 and "layer." not in next(iter(tensors)):
         return next(iter(tensors.values())), meta
     return tensors, meta
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
 
 
 def _layer_key(key: Any, where: str) -> int:
@@ -336,7 +331,7 @@ def read_canonical(path: str | Path, display: str | None = None) -> DirectionSet
             meta = dict(f.metadata() or {})
             layers = {_layer_key(k, where): f.get_tensor(k).float() for k in f.keys()}  # noqa: SIM118
     except Exception as e:
-        raise DirectionError(f"{where}: not a readable safetensors file ({_first_line(e)})") from e
+        raise DirectionError(f"{where}: not a readable safetensors file ({first_line(e)})") from e
     if not layers:
         raise DirectionError(f"{where}: no tensors")
     _check_values(layers, where)

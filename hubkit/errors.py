@@ -7,6 +7,12 @@ traceback. Messages name the file and the place (``file:line`` or ``file: key``)
 from __future__ import annotations
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (or its type): what a one-line error can quote."""
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
 class HubkitError(Exception):
     """Base of every error a user is meant to read."""
 

@@ -11,7 +11,6 @@ if the tag moves meanwhile, and the same call works offline from the cache.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Callable
@@ -20,7 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .directions import DirectionSet, read_canonical, read_direction_file
-from .errors import DirectionError, HubError, PickleRefused
+from .errors import DirectionError, HubError, PickleRefused, first_line
+from .package import sha256_file
 
 if TYPE_CHECKING:
     import torch
@@ -299,13 +299,9 @@ def _verify(path: Path, entry: dict[str, Any], where: str) -> None:
         raise DirectionError(f"{where}: {path.stat().st_size} bytes, {HUBKIT_JSON} says {size}")
     want = entry.get("sha256")
     if want:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            while chunk := fh.read(1 << 23):
-                h.update(chunk)
-        if h.hexdigest() != want:
-            raise DirectionError(
-                f"{where}: sha256 {h.hexdigest()[:12]}… differs from {HUBKIT_JSON} ({want[:12]}…)")
+        got = sha256_file(path)
+        if got != want:
+            raise DirectionError(f"{where}: sha256 {got[:12]}… differs from {HUBKIT_JSON} ({want[:12]}…)")
 
 
 def _hub_error(e: BaseException, repo_id: str, revision: str | None, filename: str | None = None) -> HubError:
@@ -335,5 +331,5 @@ def _hub_error(e: BaseException, repo_id: str, revision: str | None, filename: s
     if isinstance(e, (LocalEntryNotFoundError, OfflineModeIsEnabled, RevisionResolutionError)):
         return HubError(
             f"{where}: not in the local HF cache and the Hub can't be reached; load it once online")
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    first = first_line(e)
     return HubError(f"{where}: {type(e).__name__}: {first}")

@@ -10,7 +10,6 @@ folder into place. The recorded shard sha256s (``publish --record-regeneration``
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -32,7 +31,8 @@ from .abliterate import (
     read_index,
     staging_dir,
 )
-from .errors import HubError, HubkitError, ProvenanceError
+from .errors import HubError, HubkitError, ProvenanceError, first_line
+from .package import sha256_file
 
 if TYPE_CHECKING:
     import torch
@@ -120,7 +120,7 @@ def recipe_from_meta(
     path = fetch(rel) if fetch else root / rel
     recorded = next((f.get("sha256") for f in meta.get("files") or [] if f.get("path") == rel), None)
     if recorded:
-        actual = _sha256(Path(path))
+        actual = sha256_file(Path(path))
         if actual != recorded:
             raise ProvenanceError(
                 f"{rel}: sha256 {actual[:12]}… ≠ {recorded[:12]}… recorded in {where} files"
@@ -204,14 +204,14 @@ def _hub_recipe(repo_id: str, revision: str | None) -> Recipe:
         commit = api.repo_info(repo_id, revision=revision).sha
     except Exception as e:  # noqa: BLE001 - every Hub failure becomes one line
         raise HubError(
-            f"{repo_id}{'@' + revision if revision else ''}: can't read the repo ({_first_line(e)})"
+            f"{repo_id}{'@' + revision if revision else ''}: can't read the repo ({first_line(e)})"
         ) from e
 
     def fetch(rel: str) -> Path:
         try:
             return Path(hf_hub_download(repo_id, rel, revision=commit))
         except Exception as e:  # noqa: BLE001
-            raise HubError(f"{repo_id}@{commit[:12]}: can't download {rel} ({_first_line(e)})") from e
+            raise HubError(f"{repo_id}@{commit[:12]}: can't download {rel} ({first_line(e)})") from e
 
     meta = _read_json(fetch(HUBKIT_JSON))
     return recipe_from_meta(
@@ -228,23 +228,10 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise HubkitError(f"{path}: not readable JSON ({_first_line(e)})") from e
+        raise HubkitError(f"{path}: not readable JSON ({first_line(e)})") from e
     if not isinstance(data, dict):
         raise HubkitError(f"{path}: expected a JSON object")
     return data
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ====================================================================== the base checkpoint
@@ -309,7 +296,7 @@ def _hub_base(repo_id: str, revision: str | None, *, plan_only: bool) -> BaseChe
         path = Path(snapshot_download(repo_id, revision=commit, allow_patterns=patterns))
     except Exception as e:  # noqa: BLE001
         raise HubError(
-            f"{repo_id}{'@' + revision if revision else ''}: can't fetch the base model ({_first_line(e)})"
+            f"{repo_id}{'@' + revision if revision else ''}: can't fetch the base model ({first_line(e)})"
         ) from e
     notes = [] if revision else [f"the recipe records no base_model_revision; used {repo_id}@{commit[:12]}"]
     return BaseCheckpoint(path, repo_id, commit, notes)
@@ -325,7 +312,7 @@ def _remote_index(base: BaseCheckpoint) -> tuple[list[Any], dict[str, Any]]:
     try:
         meta = HfApi().get_safetensors_metadata(base.repo_id, revision=base.commit)
     except Exception as e:  # noqa: BLE001
-        raise HubError(f"{base.repo_id}: can't read the safetensors headers ({_first_line(e)})") from e
+        raise HubError(f"{base.repo_id}: can't read the safetensors headers ({first_line(e)})") from e
     shards, tensors = [], {}
     for fname, fmeta in sorted(meta.files_metadata.items()):
         end = 0
