@@ -401,17 +401,6 @@ class VerificationFailed(HubkitError):
         self.result = result
 
 
-def _check_push_wired() -> Any:
-    from . import publish
-
-    fn = getattr(publish, "push_model_folder", None)
-    if fn is None:
-        raise HubkitError(
-            "--push-to: publishing a regenerated model folder is not yet wired in hubkit.publish"
-        )
-    return fn
-
-
 def _prepare(
     source: str | Path | Run, revision: str | None, base_model: str | Path | None, plan_only: bool
 ) -> tuple[Recipe, BaseCheckpoint, TensorPlan]:
@@ -446,7 +435,8 @@ def regenerate(
     shards that differ from the recorded sha256s (or a matrix left with a component along r above its dtype's
     rounding level) raise :class:`VerificationFailed` once the folder is written; the result rides on it.
     """
-    push = _check_push_wired() if push_to else None
+    if push_to is not None and push_to.count("/") != 1:  # refused before any work, not after the rebuild
+        raise HubkitError(f"--push-to '{push_to}' must look like owner/name")
     recipe, base, plan = _prepare(source, revision, base_model, plan_only)
     notes = list(base.notes)
     if plan_only:
@@ -490,7 +480,9 @@ def regenerate(
             f"{res.worst.dtype} rounding level {res.worst.threshold:.1e}",
             res,
         )
-    if push is not None:
+    if push_to is not None:
+        from .publish import push_model_folder
+
         source = {
             "recipe": recipe.source,
             "recipe_revision": recipe.source_revision,
@@ -501,13 +493,10 @@ def regenerate(
             "base_model_revision": base.commit,
             "shards_sha256": res.shards_sha256,
         }
-        push(
-            out,
-            push_to,
-            card=(out / "README.md").read_text(encoding="utf-8"),
-            source=source,
-            progress=progress,
-        )
+        pushed = push_model_folder(out, push_to, card=(out / "README.md").read_text(encoding="utf-8"),
+                                   source=source, progress=progress)
+        res.notes.append(f"{push_to}: nothing changed; {pushed.version} is current" if pushed.nothing_changed
+                         else f"pushed {pushed.version} to {pushed.url}")
     return res
 
 

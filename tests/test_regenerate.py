@@ -212,14 +212,9 @@ def test_recipe_problems_are_one_line_errors(base: Path, tmp_path: Path) -> None
         rg.regenerate(staged, base_model=base, out=tmp_path / "o")
 
 
-def test_push_to_fails_before_any_work_when_unwired(
-    base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from hubkit import publish
-
-    monkeypatch.delattr(publish, "push_model_folder", raising=False)
-    with pytest.raises(HubkitError, match="not yet wired"):
-        rg.regenerate(make_recipe(tmp_path / "staged"), base_model=base, out=tmp_path / "out", push_to="me/x")
+def test_a_bad_push_to_id_fails_before_any_work(base: Path, tmp_path: Path) -> None:
+    with pytest.raises(HubkitError, match="--push-to 'nobody' must look like owner/name"):
+        rg.regenerate(make_recipe(tmp_path / "staged"), base_model=base, out=tmp_path / "out", push_to="nobody")
     assert not (tmp_path / "out").exists()
 
 
