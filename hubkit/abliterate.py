@@ -739,10 +739,13 @@ class _Shard:
         self.src.close()
 
 
-def _copy_stream(shards: list[_Shard], shared: _Shared) -> None:
-    """Stream 1a: every untouched byte range of every output shard, source → output inside the kernel
-    (``copy_file_range``, never through Python, the GIL released). Needs neither torch nor the direction, so it
-    starts before either is loaded, and it never waits for the compute stream."""
+def _write_stream(shards: list[_Shard], computed: queue.Queue, to_hash: queue.Queue, shared: _Shared) -> None:
+    """Stream 1: the one writer of every output shard, in file order.
+
+    Untouched ranges go source → output inside the kernel (``copy_file_range``, never through Python); computed
+    chunks are written as they come and passed on to the hasher. One writer, because writes to one file
+    serialize on its inode lock anyway, and in-order writes keep the files unfragmented.
+    """
     try:
         for sh in shards:
             assert sh.dst is not None
@@ -757,22 +760,6 @@ def _copy_stream(shards: list[_Shard], shared: _Shared) -> None:
                     pos = end
                 if op is None:
                     break
-                pos = op.end
-    except BaseException as e:  # noqa: BLE001 - handed to the main thread
-        shared.fail(e)
-
-
-def _write_stream(shards: list[_Shard], computed: queue.Queue, to_hash: queue.Queue, shared: _Shared) -> None:
-    """Stream 1b: the computed chunks of every output shard, in file order, passed on to the hasher.
-
-    Untouched ranges are :func:`_copy_stream`'s; writes at disjoint offsets of one file need no ordering
-    between the two.
-    """
-    try:
-        for sh in shards:
-            assert sh.dst is not None
-            for op in sh.ops:
-                pos = op.begin
                 while pos < op.end:
                     at, buf = _get(computed, shared)
                     assert at == pos, (op.name, at, pos)
@@ -1008,133 +995,95 @@ def execute_plan(
 ) -> ExecutionResult:
     """Stream every shard of ``src_dir`` into ``dst_dir`` (same names), rewriting the plan's tensors.
 
-    Four streams per pipeline run side by side: a copy thread moves untouched ranges inside the kernel
-    (``copy_file_range``), a compute thread orthogonalizes the targeted tensors chunk by chunk, a writer
-    thread writes the computed chunks in file order, and a hash thread hashes each shard in file order
-    (untouched bytes from the source map, computed chunks passed on by the writer). ``dst_dir=None`` only
-    hashes (what ``publish --record-regeneration`` needs). Shards are fsynced at the end; the caller makes
-    ``dst_dir`` appear atomically (see :func:`staging_dir`). :func:`start_plan` is the same in two steps.
+    Three streams run side by side: a compute thread orthogonalizes the targeted tensors chunk by chunk, a
+    writer thread writes each shard in file order (untouched ranges copied inside the kernel with
+    ``copy_file_range``, computed chunks as they come), and this thread hashes each shard in file order
+    (untouched bytes from the source map, computed chunks passed on by the writer). ``dst_dir=None`` only hashes (what
+    ``publish --record-regeneration`` needs). Shards are fsynced at the end; the caller makes ``dst_dir``
+    appear atomically (see :func:`staging_dir`).
     """
-    run = start_plan(plan, src_dir, dst_dir, device=device, progress=progress)
-    return run.finish(direction)
+    import torch
+    from tqdm.auto import tqdm
 
-
-def start_plan(
-    plan: TensorPlan,
-    src_dir: str | Path,
-    dst_dir: str | Path | None,
-    *,
-    device: str = "cpu",
-    progress: bool = True,
-) -> PlanRun:
-    """Open the shards and start moving bytes (copy and hash threads) before torch or the direction is needed.
-
-    Nothing here imports torch: a caller can start this, then load the direction (importing torch and
-    initializing CUDA) while untouched bytes are copied and hashed, then call :meth:`PlanRun.finish`.
-    """
-    return PlanRun(plan, Path(src_dir), None if dst_dir is None else Path(dst_dir), device, progress)
-
-
-class PlanRun:
-    """A started :func:`execute_plan`: :meth:`finish` with the direction, or :meth:`abort`."""
-
-    def __init__(self, plan: TensorPlan, src_dir: Path, dst: Path | None, device: str, progress: bool):
-        from tqdm.auto import tqdm
-
-        if not (device == "cpu" or device.startswith("cuda")):
-            raise HubkitError(f"--device {device}: use cpu or cuda")
-        self.plan, self.dst, self.device = plan, dst, device
-        self.group = CPU_GROUP if device == "cpu" else CUDA_GROUP
-        self.bar = tqdm(
-            total=plan.total_bytes,
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            desc="regenerate",
-            disable=not progress or dst is None,
+    device = _resolve_device(device)
+    if int(direction.numel()) != plan.hidden_size:
+        raise HubkitError(
+            f"direction has d={direction.numel()}, the checkpoint's hidden size is {plan.hidden_size}"
         )
-        self.shared = _Shared(self.bar)
-        self.shards: list[_Shard] = []
-        self.checks: list[TensorCheck] = []
-        self.hashes: dict[str, str] = {}
-        self.workers: list[threading.Thread] = []
-        self._parts: list[tuple[list[_Shard], queue.Queue]] = []
-        self._done = False
-        try:
-            for info in plan.shards:
-                self.shards.append(_Shard(info, plan.ops_in(info.name), src_dir, dst))
-            depth = max(4, QUEUE_BYTES // (2 * CHUNK_ELEMS * self.group))
-            for part in _partition(self.shards, parallel_pipelines()):
-                to_hash: queue.Queue = queue.Queue(maxsize=depth)
-                computed = to_hash if dst is None else queue.Queue(maxsize=depth)
-                self._parts.append((part, computed))
-                if dst is not None:
-                    self._spawn(_copy_stream, (part, self.shared), "hubkit-copy")
-                    self._spawn(_write_stream, (part, computed, to_hash, self.shared), "hubkit-write")
-                self._spawn(_hash_into, (part, to_hash, self.shared, self.hashes), "hubkit-hash")
-        except BaseException as e:
-            self.abort(e)
-            raise
-
-    def _spawn(self, target: Any, args: tuple, name: str) -> None:
-        w = threading.Thread(target=target, args=args, daemon=True, name=name)
-        self.workers.append(w)
-        w.start()
-
-    def abort(self, e: BaseException | None = None) -> None:
-        """Stop every stream, wait for them, close the shards (the caller removes the output folder)."""
-        if self._done:
-            return
-        self._done = True
-        self.shared.fail(e if e is not None else _Stop())
-        for w in self.workers:
-            w.join()
-        for sh in self.shards:
-            sh.close()
-        self.bar.close()
-
-    def finish(self, direction: torch.Tensor) -> ExecutionResult:
-        """Start the compute streams with ``direction``, wait for every stream, fsync; the shard hashes."""
-        import torch
-
-        plan, shared = self.plan, self.shared
-        threads_before = torch.get_num_threads()
-        try:
-            device = _resolve_device(self.device)
-            if int(direction.numel()) != plan.hidden_size:
-                raise HubkitError(
-                    f"direction has d={direction.numel()}, the checkpoint's hidden size is {plan.hidden_size}"
+    r64 = _unit(direction)
+    r_by_dtype = {code: r64.to(compute_dtype(code)).to(device) for code in {op.dtype for op in plan.ops}}
+    src_dir = Path(src_dir)
+    dst = None if dst_dir is None else Path(dst_dir)
+    group = CPU_GROUP if device == "cpu" else CUDA_GROUP
+    bar = tqdm(
+        total=plan.total_bytes,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc="regenerate",
+        disable=not progress or dst is None,
+    )
+    shared = _Shared(bar)
+    shards: list[_Shard] = []
+    checks: list[TensorCheck] = []
+    threads_before = torch.get_num_threads()
+    # One intra-op thread: the chunks are cache-sized, where OpenMP fan-out costs more than it gives (and
+    # collapses on a busy machine); the other streams use the other cores.
+    torch.set_num_threads(1)
+    workers: list[threading.Thread] = []
+    try:
+        for info in plan.shards:
+            shards.append(_Shard(info, plan.ops_in(info.name), src_dir, dst))
+        depth = max(4, QUEUE_BYTES // (2 * CHUNK_ELEMS * group))
+        hashes: dict[str, str] = {}
+        for part in _partition(shards, parallel_pipelines()):
+            to_hash: queue.Queue = queue.Queue(maxsize=depth)
+            computed = to_hash if dst is None else queue.Queue(maxsize=depth)
+            workers.append(
+                threading.Thread(
+                    target=_compute_ops,
+                    args=(part, r_by_dtype, group, computed, checks, shared),
+                    daemon=True,
+                    name="hubkit-compute",
                 )
-            r64 = _unit(direction)
-            r_by_dtype = {
-                code: r64.to(compute_dtype(code)).to(device) for code in {op.dtype for op in plan.ops}
-            }
-            # One intra-op thread: the chunks are cache-sized, where OpenMP fan-out costs more than it gives
-            # (and collapses on a busy machine); the other streams use the other cores.
-            torch.set_num_threads(1)
-            for part, computed in self._parts:
-                self._spawn(
-                    _compute_ops, (part, r_by_dtype, self.group, computed, self.checks, shared), "hubkit-compute"
+            )
+            if dst is not None:
+                workers.append(
+                    threading.Thread(
+                        target=_write_stream,
+                        args=(part, computed, to_hash, shared),
+                        daemon=True,
+                        name="hubkit-write",
+                    )
                 )
-            while any(w.is_alive() for w in self.workers):  # a timed join, so Ctrl-C reaches this thread
-                for w in self.workers:
-                    w.join(0.2)
-            if shared.error is not None:
-                raise shared.error
-            if self.dst is not None:  # durable before the caller renames the folder into place
-                for sh in self.shards:
-                    assert sh.dst is not None
-                    os.fsync(sh.dst)
-        except BaseException as e:
-            self.abort(e)
-            raise
-        finally:
-            torch.set_num_threads(threads_before)
-        self._done = True
-        for sh in self.shards:
+            workers.append(
+                threading.Thread(
+                    target=_hash_into, args=(part, to_hash, shared, hashes), daemon=True, name="hubkit-hash"
+                )
+            )
+        for w in workers:
+            w.start()
+        while any(w.is_alive() for w in workers):  # a timed join, so Ctrl-C reaches this thread
+            for w in workers:
+                w.join(0.2)
+        if shared.error is not None:
+            raise shared.error
+        if dst is not None:  # durable before the caller renames the folder into place
+            for sh in shards:
+                assert sh.dst is not None
+                os.fsync(sh.dst)
+    except BaseException as e:
+        shared.fail(e)
+        for w in workers:
+            if w.is_alive() or w.ident is not None:
+                w.join()
+        raise
+    finally:
+        torch.set_num_threads(threads_before)
+        for sh in shards:
             sh.close()
-        self.bar.close()
-        return ExecutionResult(dict(sorted(self.hashes.items())), sorted(self.checks, key=lambda c: c.name))
+        bar.close()
+    return ExecutionResult(dict(sorted(hashes.items())), sorted(checks, key=lambda c: c.name))
 
 
 def _cpus() -> int:
