@@ -25,6 +25,7 @@ import os
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -280,8 +281,8 @@ def main() -> None:
         )
 
     def median(name: str) -> float | None:
-        ok = sorted(r["wall_s"] for r in results.get(name, []) if r["rc"] == 0)
-        return ok[len(ok) // 2] if ok else None
+        ok = [r["wall_s"] for r in results.get(name, []) if r["rc"] == 0]
+        return round(statistics.median(ok), 2) if ok else None  # the mean of the middle two for an even count
 
     copy_s = median("copy")
     rows = []
