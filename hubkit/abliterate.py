@@ -294,6 +294,11 @@ class TensorOp:
         return "W − (W r) rᵀ" if self.kind == "rows" else "W − r (rᵀ W)"
 
 
+def _natural(name: str) -> list[Any]:
+    """``layers.2`` before ``layers.10``: the plan reads in block order, not string order."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
 @dataclass
 class TensorPlan:
     """Which tensor of which shard gets which operation; everything else passes through byte for byte."""
@@ -339,7 +344,7 @@ class TensorPlan:
         lines += [f"note: {n}" for n in self.notes]
         width = max((len(op.name) for op in self.ops), default=10)
         lines.append(f"{'tensor':<{width}}  {'target':<12} {'op':<13} {'shape':<18} dtype  shard")
-        for op in sorted(self.ops, key=lambda o: (o.shard, o.begin)):
+        for op in sorted(self.ops, key=lambda o: (o.shard, _natural(o.name))):
             shape = "×".join(map(str, op.shape))
             lines.append(
                 f"{op.name:<{width}}  {op.target:<12} {op.formula:<13} {shape:<18} {op.dtype:<6} {op.shard}"

@@ -162,7 +162,8 @@ def direction_entries(run: Run) -> list[dict[str, Any]]:
     return entries
 
 
-def regenerate_entry(run: Run, shards_sha256: dict[str, str] | None = None) -> dict[str, Any] | None:
+def regenerate_entry(run: Run, shards_sha256: dict[str, str] | None = None,
+                     model_type: str | None = None) -> dict[str, Any] | None:
     r = run.manifest.regenerate
     if r is None:
         return None
@@ -175,6 +176,8 @@ def regenerate_entry(run: Run, shards_sha256: dict[str, str] | None = None) -> d
         "base_model": run.manifest.base_model,
         "base_model_revision": run.manifest.base_model_revision,
     }
+    if model_type:  # known when the regeneration was recorded against a base checkpoint
+        entry["model_type"] = model_type
     if shards_sha256:
         entry["shards_sha256"] = dict(sorted(shards_sha256.items()))
     return entry
@@ -187,6 +190,7 @@ def build_package(
     version: str | None = None,
     history: list[dict[str, Any]] | None = None,
     shards_sha256: dict[str, str] | None = None,
+    base_model_type: str | None = None,
     repo_id: str | None = None,
     dataset_repo: str | None = None,
     hash_cache: HashCache | None = None,
@@ -227,7 +231,7 @@ def build_package(
         "repo_id": repo_id or run.manifest.repo_id,
         "run": run.manifest.to_dict(),
         "directions": direction_entries(run),
-        "regenerate": regenerate_entry(run, shards_sha256),
+        "regenerate": regenerate_entry(run, shards_sha256, base_model_type),
         "dataset_repo": dataset_repo,
         "history": history or [],
     }

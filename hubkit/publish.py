@@ -152,13 +152,15 @@ def publish(
     check_secrets(run.root, [f.path for f in run.included_files if f.path not in scanned],
                   run.manifest.allow_secrets)
 
-    shards = None
+    shards, base_type = None, None
     if record_regeneration:
         from .regenerate import record_regeneration as record
 
         shards = record(run, record_regeneration, progress=progress)
+        base_type = _model_type(Path(record_regeneration))
     cache = HashCache()
-    common: dict[str, Any] = dict(template_dir=template_dir, shards_sha256=shards, repo_id=repo_id,
+    common: dict[str, Any] = dict(template_dir=template_dir, shards_sha256=shards, base_model_type=base_type,
+                                  repo_id=repo_id,
                                   dataset_repo=dataset_repo, hash_cache=cache)
     current = state.previous_version or version or state.next_version()
     package = build_package(run, version=current, history=state.history, progress=progress, **common)
@@ -242,6 +244,15 @@ def publish(
 
 
 # --------------------------------------------------------------------------- deciding
+
+
+def _model_type(base_dir: Path) -> str | None:
+    """The base checkpoint's model_type, recorded so regenerate can refuse another architecture."""
+    try:
+        value = json.loads((base_dir / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 def _had_weights(state: RemoteState) -> bool:

@@ -7,6 +7,7 @@ time ablation with the loaded direction, pushes the rebuilt folder, and exports 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,8 @@ def test_publish_regenerate_load_ablate_push_export(hub, api, repo_id, tmp_path)
 
     first = publish(run, repo_id=repo_id, record_regeneration=base, progress=False)
     assert first.version == "v1" and first.tagged
+    recipe = json.loads(hub.read_file(repo_id, "hubkit.json", "v1", "model"))["regenerate"]
+    assert recipe["model_type"] == "qwen3_5" and len(recipe["shards_sha256"]) > 1
 
     # the downstream side: the vector by tag, no pickle
     r = hubkit.load_direction(repo_id, revision="v1")
