@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import difflib
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,12 @@ DEFAULT_TARGETS = ["embed_tokens", "attn_out", "mlp_down"]
 DEFAULT_EXCLUDE = [".env", "**/.env", ".netrc", "**/.netrc", "*.pem", "**/*.pem", "**/credentials*",
                    "**/*.key", ".git/**", "**/__pycache__/**", "**/.ipynb_checkpoints/**", "**/.DS_Store"]
 TODO = "TODO"  # what `hubkit init` writes where the author must fill a value
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def is_repo_id(value: str) -> bool:
+    """``owner/name`` as the Hub spells repo ids: the one check every command uses."""
+    return bool(_REPO_ID.match(value))
 
 
 @dataclass
@@ -298,7 +305,7 @@ def parse_manifest(text: str, where: str = MANIFEST_NAME) -> Manifest:
         m.max_file_size_mb = p.number(top["max_file_size_mb"], ("max_file_size_mb",))
     if m.summary and m.summary_file:
         raise p.fail(("summary_file",), "give summary or summary_file, not both")
-    if m.repo_id is not None and (m.repo_id.count("/") != 1 or not all(m.repo_id.split("/"))):
+    if m.repo_id is not None and not is_repo_id(m.repo_id):
         raise p.fail(("repo_id",), f"repo_id must look like owner/name, got '{m.repo_id}'")
 
     for path, d in p.items(top.get("directions"), ("directions",)):

@@ -32,7 +32,7 @@ from typing import Any
 from . import __version__
 from .errors import HubError, HubkitError
 from .hub import VERSION_RE, FileChange, Hub, PublishPlan, RemoteState, diff_package, git_blob_sha1
-from .manifest import Manifest, load_manifest
+from .manifest import Manifest, is_repo_id, load_manifest
 from .package import (
     CARD,
     HUBKIT_JSON,
@@ -52,7 +52,6 @@ __all__ = ["PublishPlan", "PublishResult", "publish", "stage_run", "change_summa
 VOLATILE_FILES = (CARD, HUBKIT_JSON)  # they carry the version history: different on every publish
 VOLATILE_META = ("version", "history", "files", "owned", "hubkit_version")
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)", re.DOTALL)
-_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def stage_run(run_dir: str | Path, out: str | Path, *, template_dir: str | Path | None = None,
@@ -114,7 +113,7 @@ def publish(
     if not repo_id:
         raise HubkitError("no repo id: pass --repo-id OWNER/NAME or set repo_id in hubkit.yaml")
     for rid in (repo_id, dataset_repo):
-        if rid and not _REPO_ID.match(rid):
+        if rid and not is_repo_id(rid):
             raise HubkitError(f"repo id '{rid}' must look like owner/name")
     if version is not None and not VERSION_RE.match(version):
         raise HubkitError(f"--version must look like v3, got '{version}'")
@@ -548,7 +547,7 @@ def push_model_folder(
     commit. The folder's own ``README.md`` (the regenerated-weights card) is its card.
     """
     folder = Path(folder)
-    if not _REPO_ID.match(repo_id):
+    if not is_repo_id(repo_id):
         raise HubkitError(f"repo id '{repo_id}' must look like owner/name")
     if not folder.is_dir() or not (folder / "config.json").is_file():
         raise HubkitError(f"{folder}: not a model folder (no config.json)")

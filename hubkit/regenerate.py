@@ -32,6 +32,7 @@ from .abliterate import (
     staging_dir,
 )
 from .errors import HubError, HubkitError, ProvenanceError, first_line
+from .manifest import is_repo_id
 from .package import sha256_file
 
 if TYPE_CHECKING:
@@ -59,7 +60,6 @@ BASE_PATTERNS = [
     "processor_config.json",
 ]
 _COPIED = [p for p in BASE_PATTERNS if p not in ("*.safetensors", INDEX_NAME)]
-_REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 _SNAPSHOT = re.compile(r"models--(?P<org>[^/]+?)--(?P<name>[^/]+)/snapshots/(?P<commit>[0-9a-f]{40})/?$")
 
 
@@ -191,7 +191,7 @@ def load_recipe(source: str | Path | Run, *, revision: str | None = None) -> Rec
         raise HubkitError(
             f"{path}: neither {HUBKIT_JSON} (a staged or pulled repo) nor hubkit.yaml (a run folder)"
         )
-    if not _REPO_ID.match(str(source)):
+    if not is_repo_id(str(source)):
         raise HubkitError(f"{source}: no such folder, and not a Hub repo id (OWNER/NAME)")
     return _hub_recipe(str(source), revision)
 
@@ -256,7 +256,7 @@ def resolve_base(
     if local.is_dir():
         return _local_base(recipe, local)
     given = str(given)
-    if not _REPO_ID.match(given):
+    if not is_repo_id(given):
         raise HubkitError(f"--base-model {given}: no such folder, and not a Hub repo id (OWNER/NAME)")
     if recipe.base_model and given.lower() != recipe.base_model.lower():
         raise ProvenanceError(
@@ -435,7 +435,7 @@ def regenerate(
     shards that differ from the recorded sha256s (or a matrix left with a component along r above its dtype's
     rounding level) raise :class:`VerificationFailed` once the folder is written; the result rides on it.
     """
-    if push_to is not None and push_to.count("/") != 1:  # refused before any work, not after the rebuild
+    if push_to is not None and not is_repo_id(push_to):  # refused before any work, not after the rebuild
         raise HubkitError(f"--push-to '{push_to}' must look like owner/name")
     recipe, base, plan = _prepare(source, revision, base_model, plan_only)
     notes = list(base.notes)
