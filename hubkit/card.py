@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .errors import HubkitError
-from .formatting import human_size
+from .formatting import human_size, layer_span
 from .stats import EvaluationStats, analyze_evaluation, format_ci, format_p, format_pct
 
 if TYPE_CHECKING:
@@ -710,14 +710,6 @@ def _layer(layer: int | None, convention: str) -> str:
     return "—" if layer is None else f"{layer} ({convention})"
 
 
-def _span(layers: list[int]) -> str:
-    if not layers:
-        return "—"
-    if len(layers) > 2 and layers == list(range(layers[0], layers[-1] + 1)):
-        return f"{layers[0]}–{layers[-1]}"
-    return ", ".join(map(str, layers))
-
-
 def _num(v: float | None, digits: int = 3) -> str:
     return "—" if v is None else f"{v:.{digits}f}"
 
@@ -740,7 +732,7 @@ def _bib(text: str) -> str:
     return "{" + re.sub(r"([&%#_$])", r"\\\1", str(text)) + "}"
 
 
-FILTERS = {"pct": format_pct, "p": format_p, "ci": format_ci, "size": human_size, "layer": _layer, "span": _span,
+FILTERS = {"pct": format_pct, "p": format_p, "ci": format_ci, "size": human_size, "layer": _layer, "span": layer_span,
            "num": _num, "cell": _cell, "quote": _quote, "bib": _bib, "sentence": _sentence}
 
 

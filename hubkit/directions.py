@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import DirectionError, PickleRefused, first_line
+from .formatting import layer_span
 
 if TYPE_CHECKING:  # torch is imported lazily: `hubkit --help` and `validate` without tensors skip it
     import torch
@@ -65,7 +66,7 @@ class DirectionSet:
         if layer not in self.layers:
             raise DirectionError(
                 f"{self.source or self.name}: no layer {layer} ({self.layer_convention} convention); "
-                f"has {_span(self.layer_ids)}"
+                f"has {layer_span(self.layer_ids, 'none')}"
             )
         return self.layers[layer]
 
@@ -89,14 +90,6 @@ class DirectionSet:
             meta["method"] = self.method
         meta.update(self.extra)
         return meta
-
-
-def _span(ids: list[int]) -> str:
-    if not ids:
-        return "none"
-    if ids == list(range(ids[0], ids[-1] + 1)) and len(ids) > 2:
-        return f"{ids[0]}–{ids[-1]}"
-    return ", ".join(map(str, ids))
 
 
 def read_direction_file(
@@ -133,7 +126,7 @@ def read_direction_file(
     if ds.selected_layer is not None and ds.selected_layer not in layers:
         raise DirectionError(
             f"{where}: selected layer {ds.selected_layer} ({layer_convention}) not among the file's layers "
-            f"{_span(ds.layer_ids)}"
+            f"{layer_span(ds.layer_ids, 'none')}"
         )
     return ds
 

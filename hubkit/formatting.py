@@ -12,3 +12,12 @@ def human_size(n: float | None) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TB"
+
+
+def layer_span(ids: list[int], empty: str = "—") -> str:
+    """``0–31`` for a contiguous run of more than two layers, else the list (``4, 8, 12``)."""
+    if not ids:
+        return empty
+    if len(ids) > 2 and ids == list(range(ids[0], ids[-1] + 1)):
+        return f"{ids[0]}–{ids[-1]}"
+    return ", ".join(map(str, ids))

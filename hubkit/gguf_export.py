@@ -20,8 +20,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from .directions import _span, to_block_index
+from .directions import to_block_index
 from .errors import PlanError
+from .formatting import layer_span
 from .loading import LoadedDirections, load_directions
 
 ARCH = "controlvector"
@@ -94,8 +95,8 @@ def export_gguf(
         raise PlanError(f"{where}: no layers to export")
     missing = [i for i in wanted if i not in ds.layers]
     if missing:
-        raise PlanError(f"{where}: no layer {_span(missing)} ({ds.layer_convention} convention); "
-                        f"has {_span(ds.layer_ids)}")
+        raise PlanError(f"{where}: no layer {layer_span(missing, 'none')} ({ds.layer_convention} convention); "
+                        f"has {layer_span(ds.layer_ids, 'none')}")
     mapping = {i: gguf_layer(i, ds.layer_convention) for i in wanted}
 
     out = Path(out)
@@ -152,6 +153,6 @@ def gguf_summary(path: str | Path) -> str:
     ids = sorted(int(t.name.split(".", 1)[1]) for t in reader.tensors if t.name.startswith("direction."))
     path = Path(path)
     return (f"wrote {path}: {field('hubkit.direction')} layers {field('hubkit.layers')} "
-            f"({field('hubkit.layer_convention')}) as direction.{_span(ids)}, "
+            f"({field('hubkit.layer_convention')}) as direction.{layer_span(ids, 'none')}, "
             f"d={reader.tensors[0].n_elements}; "
             f"use: {llama_cpp_usage(path.name, 1.0, ids)}")

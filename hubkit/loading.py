@@ -11,7 +11,6 @@ if the tag moves meanwhile, and the same call works offline from the cache.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from .directions import DirectionSet, read_canonical, read_direction_file
 from .errors import DirectionError, HubError, PickleRefused, first_line
 from .package import sha256_file
+from .tables import read_json_object
 
 if TYPE_CHECKING:
     import torch
@@ -122,7 +122,7 @@ def pull(repo_id: str, revision: str | None = None, *, out: str | Path) -> PullR
                    and not (rel := p.relative_to(out).as_posix()).startswith(".cache/huggingface/"))
     meta_path = out / HUBKIT_JSON
     if meta_path.is_file():
-        meta = _read_json(meta_path, f"{repo_id}: {HUBKIT_JSON}")
+        meta = read_json_object(meta_path, f"{repo_id}: {HUBKIT_JSON}", DirectionError)
         for entry in meta.get("files") or []:
             _verify(out / entry["path"], entry, f"{repo_id}@{commit[:12]}: {entry['path']}")
     return PullResult(path=out, repo_id=repo_id, revision=revision, commit=str(commit), files=files)
@@ -196,7 +196,7 @@ class _Source:
 
     def _from_hubkit_json(self, name: str | None) -> tuple[DirectionSet, Path, bool | None]:
         assert self.meta_path is not None
-        meta = _read_json(self.meta_path, f"{self.where}: {HUBKIT_JSON}")
+        meta = read_json_object(self.meta_path, f"{self.where}: {HUBKIT_JSON}", DirectionError)
         entries = [e for e in meta.get("directions") or [] if isinstance(e, dict) and e.get("name")]
         entry = _pick(entries, name, self.where)
         rel = entry.get("canonical") or entry.get("file") or ""
@@ -278,16 +278,6 @@ def _pickle_refused(where: str, files: list[str]) -> PickleRefused:
         "download, since loading a pickle can run arbitrary code. Ask the author to publish the run with "
         "`hubkit publish`, or to upload the tensor as .safetensors"
     )
-
-
-def _read_json(path: Path, where: str) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise DirectionError(f"{where}: not readable JSON ({e})") from e
-    if not isinstance(data, dict):
-        raise DirectionError(f"{where}: expected a JSON object")
-    return data
 
 
 def _verify(path: Path, entry: dict[str, Any], where: str) -> None:

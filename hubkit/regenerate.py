@@ -10,7 +10,6 @@ folder into place. The recorded shard sha256s (``publish --record-regeneration``
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from .abliterate import (
 from .errors import HubError, HubkitError, ProvenanceError, first_line
 from .manifest import is_repo_id
 from .package import sha256_file
+from .tables import read_json_object
 
 if TYPE_CHECKING:
     import torch
@@ -182,7 +182,7 @@ def load_recipe(source: str | Path | Run, *, revision: str | None = None) -> Rec
         if revision:
             raise HubkitError(f"--revision {revision}: only for a Hub repo, {source} is a local folder")
         if (path / HUBKIT_JSON).is_file():
-            meta = _read_json(path / HUBKIT_JSON)
+            meta = read_json_object(path / HUBKIT_JSON)
             return recipe_from_meta(meta, path, where=str(path / HUBKIT_JSON), source=str(path))
         if (path / "hubkit.yaml").is_file():
             from .run import load_run
@@ -213,7 +213,7 @@ def _hub_recipe(repo_id: str, revision: str | None) -> Recipe:
         except Exception as e:  # noqa: BLE001
             raise HubError(f"{repo_id}@{commit[:12]}: can't download {rel} ({first_line(e)})") from e
 
-    meta = _read_json(fetch(HUBKIT_JSON))
+    meta = read_json_object(fetch(HUBKIT_JSON))
     return recipe_from_meta(
         meta,
         Path("."),
@@ -222,16 +222,6 @@ def _hub_recipe(repo_id: str, revision: str | None) -> Recipe:
         revision=commit,
         fetch=fetch,
     )
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise HubkitError(f"{path}: not readable JSON ({first_line(e)})") from e
-    if not isinstance(data, dict):
-        raise HubkitError(f"{path}: expected a JSON object")
-    return data
 
 
 # ====================================================================== the base checkpoint
