@@ -40,7 +40,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .errors import HubkitError, PlanError
 
@@ -754,26 +754,46 @@ def _write_stream(shards: list[_Shard], computed: queue.Queue, to_hash: queue.Qu
     try:
         for sh in shards:
             assert sh.dst is not None
-            pos = 0
-            for op in [*sh.ops, None]:
-                stop = sh.info.size if op is None else op.begin
-                while pos < stop:
-                    shared.check()
-                    end = min(stop, pos + COPY_BLOCK)
-                    _copy_range(sh, pos, end)
-                    shared.bar.update(end - pos)
-                    pos = end
-                if op is None:
-                    break
-                while pos < op.end:
+            for seg in _segments(sh):
+                shared.check()
+                if seg.op is None:
+                    _copy_range(sh, seg.begin, seg.end)
+                    shared.bar.update(seg.end - seg.begin)
+                    continue
+                pos = seg.begin
+                while pos < seg.end:
                     at, buf = _get(computed, shared)
-                    assert at == pos, (op.name, at, pos)
+                    assert at == pos, (seg.op.name, at, pos)
                     _pwrite_buf(sh.dst, buf, at)
                     shared.bar.update(len(buf))
                     _put(to_hash, (at, buf), shared)
                     pos += len(buf)
     except BaseException as e:  # noqa: BLE001 - handed to the main thread
         shared.fail(e)
+
+
+class _Segment(NamedTuple):
+    """A piece of a shard in file order: an untouched block (``op`` None) or one rewritten tensor."""
+
+    begin: int
+    end: int
+    op: TensorOp | None
+    run_end: int  # for an untouched block: where its run of untouched bytes ends (the next op, or EOF)
+
+
+def _segments(sh: _Shard) -> Iterator[_Segment]:
+    """The one walk over a shard that the writer and the hasher both follow: untouched bytes in blocks of at
+    most COPY_BLOCK, each rewritten tensor whole (its bytes arrive in chunks from the compute stream)."""
+    pos = 0
+    for op in [*sh.ops, None]:
+        stop = sh.info.size if op is None else op.begin
+        while pos < stop:
+            end = min(stop, pos + COPY_BLOCK)
+            yield _Segment(pos, end, None, stop)
+            pos = end
+        if op is not None:
+            yield _Segment(op.begin, op.end, op, op.end)
+            pos = op.end
 
 
 def _copy_range(sh: _Shard, a: int, b: int) -> None:
@@ -906,26 +926,21 @@ def _hash_stream(shards: list[_Shard], ops_out: queue.Queue, shared: _Shared) ->
     hashes: dict[str, str] = {}
     for sh in shards:
         sha = hashlib.sha256()
-        pos = 0
-        for op in [*sh.ops, None]:
-            stop = sh.info.size if op is None else op.begin
-            while pos < stop:
+        for seg in _segments(sh):
+            if seg.op is None:
                 shared.check()
-                end = min(stop, pos + COPY_BLOCK)
-                _readahead(sh.mm, end, min(stop, end + COPY_BLOCK))
+                _readahead(sh.mm, seg.end, min(seg.run_end, seg.end + COPY_BLOCK))
                 with memoryview(sh.mm) as view:
-                    sha.update(view[pos:end])
-                _dontneed(sh.mm, pos, end)
-                pos = end
-            if op is None:
-                break
-            released = pos
-            while pos < op.end:
+                    sha.update(view[seg.begin : seg.end])
+                _dontneed(sh.mm, seg.begin, seg.end)
+                continue
+            pos = released = seg.begin
+            while pos < seg.end:
                 at, buf = _get(ops_out, shared)
-                assert at == pos, (op.name, at, pos)
+                assert at == pos, (seg.op.name, at, pos)
                 sha.update(buf)
                 pos += len(buf)
-                if pos - released >= COPY_BLOCK or pos == op.end:
+                if pos - released >= COPY_BLOCK or pos == seg.end:
                     _dontneed(sh.mm, released, pos)
                     released = pos
         hashes[sh.info.name] = sha.hexdigest()
