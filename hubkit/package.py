@@ -7,11 +7,13 @@ embeds a timestamp: the same run gives byte-identical trees.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,6 +105,21 @@ class HashCache:
         self.entries[key] = [st.st_size, st.st_mtime_ns, digest]
         self.dirty = True
         return digest
+
+    @contextlib.contextmanager
+    def batch(self, total_bytes: int, progress: bool) -> Iterator[Any]:
+        """A byte progress bar (or None) for a run of hashes; the cache is saved however the run ends."""
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="hashing", leave=False)
+        try:
+            yield bar
+        finally:
+            if bar is not None:
+                bar.close()
+            self.save()
 
     def save(self) -> None:
         if not self.dirty:
@@ -208,20 +225,10 @@ def build_package(
 
     files: dict[str, PackageFile] = {}
     run_files = [f for f in run.included_files if f.path not in generated]
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=sum(f.size for f in run_files), unit="B", unit_scale=True, desc="hashing",
-                   leave=False)
-    try:
+    with cache.batch(sum(f.size for f in run_files), progress) as bar:
         for f in run_files:
             src = run.root / f.path
             files[f.path] = PackageFile(f.path, f.size, cache.sha256(src, bar), f.kind, source=src)
-    finally:
-        if bar is not None:
-            bar.close()
-        cache.save()
     for path, (data, kind) in generated.items():
         files[path] = PackageFile(path, len(data), sha256_bytes(data), kind, data=data)
 

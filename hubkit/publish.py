@@ -337,20 +337,11 @@ def _fast_unchanged(root: Path, m: Manifest, roles: dict[str, str], state: Remot
     if {e.path for e in entries} != set(run_files):
         return False
     cache = HashCache()
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=sum(e.size for e in entries), unit="B", unit_scale=True, desc="hashing", leave=False)
-    try:
+    with cache.batch(sum(e.size for e in entries), progress) as bar:
         for e in entries:
             if e.size != run_files[e.path].get("size") or cache.sha256(root / e.path, bar) != run_files[e.path].get(
                     "sha256"):
                 return False
-    finally:
-        if bar is not None:
-            bar.close()
-        cache.save()
     for path, f in listed.items():
         remote = state.files.get(path)
         if remote is None:
@@ -556,10 +547,10 @@ def push_model_folder(
     check_secrets(folder, [r for r in rels if not r.endswith(".safetensors")])
     cache = HashCache()
     files = []
-    for p, rel in zip(paths, rels, strict=True):
-        kind = "card" if rel == CARD else "weights" if rel.endswith((".safetensors", ".index.json")) else "config"
-        files.append(PackageFile(rel, p.stat().st_size, cache.sha256(p), kind, source=p))
-    cache.save()
+    with cache.batch(sum(p.stat().st_size for p in paths), progress) as bar:
+        for p, rel in zip(paths, rels, strict=True):
+            kind = "card" if rel == CARD else "weights" if rel.endswith((".safetensors", ".index.json")) else "config"
+            files.append(PackageFile(rel, p.stat().st_size, cache.sha256(p, bar), kind, source=p))
     if card is not None and not any(f.path == CARD for f in files):
         data = card.encode("utf-8")
         files.append(PackageFile(CARD, len(data), sha256_bytes(data), "card", data=data))
