@@ -10,7 +10,7 @@ import click
 
 from . import __version__
 from .errors import HubkitError, ValidationFailed
-from .formatting import human_size
+from .formatting import human_size, layer_span
 
 
 class _Group(click.Group):
@@ -81,7 +81,7 @@ def validate(run_dir: Path, quiet: bool, list_files: bool) -> None:
                    f"ranking(s), {len(run.contrasts)} contrast set(s), {len(run.evaluations)} evaluation(s); "
                    f"{len(inc)} files, {human_size(sum(f.size for f in inc))} to publish")
         for d in run.directions:
-            click.echo(f"  direction {d.name}: layers {d.layer_ids[0]}–{d.layer_ids[-1]} "
+            click.echo(f"  direction {d.name}: layers {layer_span(d.layer_ids)} "
                        f"({len(d.layers)}, {d.layer_convention} convention), d={d.d}, "
                        f"selected layer {d.selected_layer}, {'unit-norm' if d.unit_norm else 'not unit-norm'}")
         if list_files:
