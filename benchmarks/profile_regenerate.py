@@ -1,15 +1,19 @@
 """Where a regeneration's time goes: busy seconds per stream and per kernel of hubkit.abliterate.
 
-    python benchmarks/profile_regenerate.py CHECKPOINT_DIR [--device cpu|cuda] [--pipelines N]
+    python benchmarks/profile_regenerate.py CHECKPOINT_DIR [--device cpu|cuda] [--pipelines N] [--group G]
+        [--prefetch BYTES] [--cold] [--processes N]
 
 Wraps the executor's functions with timers (no change to hubkit itself) and prints wall, user and sys time,
 peak RSS and the busy time of each stream (compute, write, hash) and of the heavy functions inside them.
-Streams overlap, so busy times add up to more than the wall time.
+Streams overlap, so busy times add up to more than the wall time. ``--processes N`` is an experiment: the
+shard groups run in N forked processes (one pipeline each) instead of threads of one process, to see what the
+GIL costs; ``--cold`` drops the page cache first (root).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import shutil
 import sys
@@ -36,16 +40,79 @@ WRAPPED = [
 ]
 
 
-def main() -> None:
-    import torch
+def _drop_caches() -> None:
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
+
+def _in_processes(ab, checkpoint: Path, out: Path, device: str, n: int) -> float:
+    """Fork one process per shard group before torch is imported; each streams its shards with one pipeline."""
+    import dataclasses
+
+    plan = ab.plan_checkpoint(checkpoint)
+    groups: list[list] = [[] for _ in range(min(n, len(plan.shards)))]
+    sizes = [0] * len(groups)
+    for info in sorted(plan.shards, key=lambda s: -s.size):
+        i = sizes.index(min(sizes))
+        groups[i].append(info)
+        sizes[i] += info.size
+    out.mkdir(parents=True)
+    t = time.perf_counter()
+    pids = []
+    for g in groups:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                import torch
+
+                names = {s.name for s in g}
+                sub = dataclasses.replace(plan, shards=g, ops=[op for op in plan.ops if op.shard in names])
+                ab.parallel_pipelines = lambda: 1
+                r = torch.randn(plan.hidden_size, generator=torch.Generator().manual_seed(0))
+                ab.execute_plan(sub, checkpoint, out, r, device=device, progress=False)
+                code = 0
+            finally:
+                os._exit(code)
+        pids.append(pid)
+    for pid in pids:
+        _, status = os.waitpid(pid, 0)
+        if status:
+            raise SystemExit(f"a pipeline process failed ({status})")
+    return time.perf_counter() - t
+
+
+def main() -> None:
     from hubkit import abliterate as ab
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoint", type=Path)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--pipelines", type=int, default=None)
+    ap.add_argument("--processes", type=int, default=0)
+    ap.add_argument("--group", type=int, default=None, help="compute chunks per block (CPU_GROUP/CUDA_GROUP)")
+    ap.add_argument("--prefetch", type=int, default=None, help="PREFETCH_BYTES (0: off)")
+    ap.add_argument("--helpers", type=int, default=None, help="threads for the embedding on CPU (1: none)")
+    ap.add_argument("--cold", action="store_true")
     args = ap.parse_args()
+    if args.group:
+        ab.CPU_GROUP = ab.CUDA_GROUP = args.group
+    if args.prefetch is not None:
+        ab.PREFETCH_BYTES = args.prefetch
+    if args.helpers is not None:
+        ab.row_helpers = lambda: args.helpers
+    if args.cold:
+        _drop_caches()
+    if args.processes:
+        out = Path(tempfile.mkdtemp(dir=args.checkpoint.parent)) / "out"
+        try:
+            wall = _in_processes(ab, args.checkpoint, out, args.device, args.processes)
+        finally:
+            shutil.rmtree(out.parent, ignore_errors=True)
+        print(f"{args.device}, {args.processes} process(es): wall {wall:.1f} s")
+        return
+    import torch
+
     busy: dict[str, float] = {}
     lock = threading.Lock()
 
@@ -70,7 +137,7 @@ def main() -> None:
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
     t = time.perf_counter()
     try:
-        ab.abliterate_checkpoint(args.checkpoint, out, r, device=args.device, progress=False)
+        _, result = ab.abliterate_checkpoint(args.checkpoint, out, r, device=args.device, progress=False)
         wall = time.perf_counter() - t
     finally:
         shutil.rmtree(out.parent, ignore_errors=True)
@@ -82,6 +149,7 @@ def main() -> None:
     )
     for name, sec in sorted(busy.items(), key=lambda kv: -kv[1]):
         print(f"  {name:<16} {sec:7.2f} s")
+    print("  sha256:", " ".join(h[:12] for h in result.shards_sha256.values()))
 
 
 if __name__ == "__main__":

@@ -393,9 +393,15 @@ def test_deterministic_and_device_blocking_invariant(
     monkeypatch.setattr(ab, "CPU_GROUP", 1)
     again = ab.execute_plan(plan, src, None, r, progress=False).shards_sha256
     sharded = ab.plan_checkpoint(ckpts["qwen3_5"])
-    one = ab.execute_plan(sharded, ckpts["qwen3_5"], None, r, progress=False).shards_sha256
+    single = ab.execute_plan(sharded, ckpts["qwen3_5"], None, r, progress=False)
+    one = single.shards_sha256
     monkeypatch.setattr(ab, "parallel_pipelines", lambda: 3)  # shards streamed side by side
     assert ab.execute_plan(sharded, ckpts["qwen3_5"], None, r, progress=False).shards_sha256 == one
+    monkeypatch.setattr(ab, "row_helpers", lambda: 3)  # the embedding's blocks computed side by side
+    helped = ab.execute_plan(sharded, ckpts["qwen3_5"], None, r, progress=False)
+    assert helped.shards_sha256 == one
+    assert [(c.name, round(c.before, 5)) for c in helped.checks] == [(c.name, round(c.before, 5)) for c in single.checks]
+    assert all(c.ok for c in helped.checks)
     monkeypatch.setattr(ab, "_resolve_device", lambda device: "cpu")
     monkeypatch.setattr(ab, "CUDA_GROUP", 7)  # the CUDA path's blocking (7 chunks per block), run on the CPU
     grouped = ab.execute_plan(plan, src, None, r, device="cuda", progress=False).shards_sha256
