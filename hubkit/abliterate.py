@@ -929,14 +929,17 @@ def _compute_op(
     dev = r_c.device
     acc = _Acc()
     pos = op.begin
-    asked = op.begin  # read-ahead requested up to here
+    asked = released = op.begin  # read-ahead requested up to here; source pages dropped up to here
 
     def emit(y: torch.Tensor) -> None:
-        nonlocal pos, asked
+        nonlocal pos, asked, released
         shared.check()
         buf = _as_bytes(y)
         sink(pos, buf)
         pos += len(buf)
+        if pos - released >= COPY_BLOCK or pos == op.end:  # the source rows behind pos are read for good
+            _dontneed(mm, released, pos)
+            released = pos
         if PREFETCH_BYTES and asked < op.end and asked - pos < PREFETCH_BYTES // 2:
             _readahead(mm, asked, asked := min(op.end, pos + PREFETCH_BYTES))
 
@@ -1009,8 +1012,8 @@ def _hash_stream(shards: list[_Shard], ops_out: queue.Queue, shared: _Shared) ->
     """Stream 3: each shard's output bytes in file order through sha256.
 
     Untouched bytes are hashed from the source map (they are the output's bytes), computed chunks as the compute
-    stream hands them over. Source pages are dropped once consumed, in batches (each drop flushes TLBs), so
-    resident memory stays bounded whatever the model's size.
+    stream hands them over. Untouched source pages are dropped once hashed, in batches (each drop flushes TLBs),
+    so resident memory stays bounded whatever the model's size.
     """
     hashes: dict[str, str] = {}
     for sh in shards:
@@ -1023,15 +1026,12 @@ def _hash_stream(shards: list[_Shard], ops_out: queue.Queue, shared: _Shared) ->
                     sha.update(view[seg.begin : seg.end])
                 _dontneed(sh.mm, seg.begin, seg.end)
                 continue
-            pos = released = seg.begin
+            pos = seg.begin  # a rewritten tensor: its source pages are the compute stream's to drop
             while pos < seg.end:
                 at, buf = _get(ops_out, shared)
                 assert at == pos, (seg.op.name, at, pos)
                 sha.update(buf)
                 pos += len(buf)
-                if pos - released >= COPY_BLOCK or pos == seg.end:
-                    _dontneed(sh.mm, released, pos)
-                    released = pos
         hashes[sh.info.name] = sha.hexdigest()
     return hashes
 
