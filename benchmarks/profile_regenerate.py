@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -50,12 +51,8 @@ def _in_processes(ab, checkpoint: Path, out: Path, device: str, n: int) -> float
     import dataclasses
 
     plan = ab.plan_checkpoint(checkpoint)
-    groups: list[list] = [[] for _ in range(min(n, len(plan.shards)))]
-    sizes = [0] * len(groups)
-    for info in sorted(plan.shards, key=lambda s: -s.size):
-        i = sizes.index(min(sizes))
-        groups[i].append(info)
-        sizes[i] += info.size
+    # the executor's own split of shards into pipelines (it reads only ``.info`` of what it is given)
+    groups = [[x.info for x in g] for g in ab._partition([SimpleNamespace(info=s) for s in plan.shards], n)]
     out.mkdir(parents=True)
     t = time.perf_counter()
     pids = []

@@ -938,13 +938,13 @@ def _compute_op(
         sink(pos, buf)
         pos += len(buf)
         if pos - released >= COPY_BLOCK or pos == op.end:  # the source rows behind pos are read for good
-            _dontneed(mm, released, pos)
+            _advise(mm, mmap.MADV_DONTNEED, released, pos)
             released = pos
         if PREFETCH_BYTES and asked < op.end and asked - pos < PREFETCH_BYTES // 2:
-            _readahead(mm, asked, asked := min(op.end, pos + PREFETCH_BYTES))
+            _advise(mm, mmap.MADV_WILLNEED, asked, asked := min(op.end, pos + PREFETCH_BYTES))
 
     if PREFETCH_BYTES:  # the window ahead of the chunk being computed (a matrix's second pass finds it cached)
-        _readahead(mm, op.begin, asked := min(op.end, op.begin + PREFETCH_BYTES))
+        _advise(mm, mmap.MADV_WILLNEED, op.begin, asked := min(op.end, op.begin + PREFETCH_BYTES))
 
     if op.kind == "rows" and helpers is not None:
         _rows_on_helpers(t.reshape(-1, op.shape[-1]), r_c, _chunk_rows(op.shape[-1]) * group, helpers, emit, acc)
@@ -1021,10 +1021,10 @@ def _hash_stream(shards: list[_Shard], ops_out: queue.Queue, shared: _Shared) ->
         for seg in _segments(sh):
             if seg.op is None:
                 shared.check()
-                _readahead(sh.mm, seg.end, min(seg.run_end, seg.end + COPY_BLOCK))
+                _advise(sh.mm, mmap.MADV_WILLNEED, seg.end, min(seg.run_end, seg.end + COPY_BLOCK))
                 with memoryview(sh.mm) as view:
                     sha.update(view[seg.begin : seg.end])
-                _dontneed(sh.mm, seg.begin, seg.end)
+                _advise(sh.mm, mmap.MADV_DONTNEED, seg.begin, seg.end)
                 continue
             pos = seg.begin  # a rewritten tensor: its source pages are the compute stream's to drop
             while pos < seg.end:
@@ -1043,25 +1043,17 @@ def _pwrite_buf(fd: int, buf: memoryview, at: int) -> None:
         view, at = view[n:], at + n
 
 
-def _readahead(mm: mmap.mmap, begin: int, end: int) -> None:
-    """Ask the kernel to read the next block while this one is hashed (a no-op when it is cached).
+def _advise(mm: mmap.mmap, advice: int, begin: int, end: int) -> None:
+    """``madvise`` over the pages of ``[begin, end)`` of a source map; a hint, so a refusal is ignored.
 
-    Not MADV_POPULATE_READ: mapping pages ahead of use made the kernel-side copy and the hashing contend.
+    ``MADV_WILLNEED`` asks the kernel to read ahead (a no-op when cached; not MADV_POPULATE_READ: mapping pages
+    ahead of use made the kernel-side copy and the hashing contend). ``MADV_DONTNEED`` drops our mapping of pages
+    already consumed (the page cache keeps them), which bounds resident memory whatever the model's size.
     """
     start = begin - begin % _PAGE
     if end > start:
         try:
-            mm.madvise(mmap.MADV_WILLNEED, start, end - start)
-        except (OSError, ValueError):
-            pass
-
-
-def _dontneed(mm: mmap.mmap, begin: int, end: int) -> None:
-    """Drop our mapping of source pages already consumed (the page cache keeps them), bounding resident memory."""
-    start = begin - begin % _PAGE
-    if end > start:
-        try:
-            mm.madvise(mmap.MADV_DONTNEED, start, end - start)
+            mm.madvise(advice, start, end - start)
         except (OSError, ValueError):
             pass
 
@@ -1181,7 +1173,6 @@ def execute_plan(
                 w.join(0.2)
         if shared.error is not None:
             raise shared.error
-        _stop_flusher(flusher, shared)
         if dst is not None:  # durable before the caller renames the folder into place; side by side
             with ThreadPoolExecutor(len(shards), thread_name_prefix="hubkit-fsync") as ex:
                 list(ex.map(os.fsync, [sh.dst for sh in shards]))
@@ -1192,7 +1183,9 @@ def execute_plan(
                 w.join()
         raise
     finally:
-        _stop_flusher(flusher, shared)  # before the shards' descriptors close
+        if flusher.is_alive():  # stopped before the shards' descriptors close
+            shared.flush.put(None)
+            flusher.join()
         if helpers is not None:
             helpers.shutdown(cancel_futures=True)
         torch.set_num_threads(threads_before)
@@ -1200,12 +1193,6 @@ def execute_plan(
             sh.close()
         bar.close()
     return ExecutionResult(dict(sorted(hashes.items())), sorted(checks, key=lambda c: c.name))
-
-
-def _stop_flusher(flusher: threading.Thread, shared: _Shared) -> None:
-    if flusher.is_alive():
-        shared.flush.put(None)
-        flusher.join()
 
 
 def _cpus() -> int:
