@@ -184,6 +184,13 @@ def main() -> None:
     )
     ap.add_argument("--small-layers", type=int, default=8, help="0 skips the RSS-vs-size run")
     ap.add_argument("--cold", action="store_true", help="drop the page cache before each run (root)")
+    ap.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="a folder holding an earlier hubkit package (git archive REV hubkit templates | tar -x -C DIR): "
+        "also run it as hubkit-DEVICE-before, alternating with the current one (an A/B in one run)",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the checkpoints")
     ap.add_argument("--label", default=platform.node() or "local")
     ap.add_argument("--json", type=Path, default=None)
@@ -209,13 +216,13 @@ def main() -> None:
     results: dict[str, list[dict]] = {}
     hashes: dict[str, list[dict[str, str]]] = {}
 
-    def run(name: str, argv: list[str], out: Path, src: Path = ckpt) -> None:
+    def run(name: str, argv: list[str], out: Path, src: Path = ckpt, child_env: dict[str, str] = env) -> None:
         if out.exists():
             shutil.rmtree(out)
         cold = _drop_caches() if args.cold else False
         if not args.cold:
             _warm(src)
-        res = _child(argv, env)
+        res = _child(argv, child_env)
         res["cold_cache"] = cold
         if res["rc"] != 0:
             print(f"{name} failed (rc {res['rc']}):\n{res['tail']}", file=sys.stderr)
@@ -227,28 +234,17 @@ def main() -> None:
         print(f"  {name}: {res['wall_s']} s, peak RSS {res['peak_rss_mib']} MiB", flush=True)
         shutil.rmtree(out, ignore_errors=True)
 
+    versions = [("", env)]
+    if args.baseline:
+        versions.append(("-before", {**env, "PYTHONPATH": str(args.baseline.resolve())}))
     out = work / "out"
     for _ in range(args.repeats):
         run("copy", [py, "-c", COPY_SNIPPET, str(ckpt), str(out)], out)
         for dev in devices:
-            run(
-                f"hubkit-{dev}",
-                [
-                    py,
-                    "-m",
-                    "hubkit.cli",
-                    "regenerate",
-                    str(recipe),
-                    "--base-model",
-                    str(ckpt),
-                    "--out",
-                    str(out),
-                    "--no-progress",
-                    "--device",
-                    dev,
-                ],
-                out,
-            )
+            for suffix, version_env in versions:
+                argv = [py, "-P", "-m", "hubkit.cli", "regenerate", str(recipe), "--base-model", str(ckpt)]
+                run(f"hubkit-{dev}{suffix}", [*argv, "--out", str(out), "--no-progress", "--device", dev], out,
+                    child_env=version_env)
     for dev in tdevs_list:
         run(
             f"transformers-{dev}", [py, "-c", TRANSFORMERS_SNIPPET, str(ckpt), str(out), str(rfile), dev], out

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 WRAPPED = [
     "_compute_ops",
+    "_copy_stream",
     "_write_stream",
     "_hash_stream",
     "_copy_range",

@@ -37,7 +37,7 @@ import struct
 import threading
 import warnings
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -749,15 +749,8 @@ class _Shard:
             raise PlanError(f"{path}: changed size since it was planned ({info.size} → {size} bytes)")
         self.mm = mmap.mmap(self.src.fileno(), 0, access=mmap.ACCESS_READ)
         self.dst: int | None = None
-        self.flushed = 0  # output bytes already handed to the flusher
         if dst_dir is not None:
             self.dst = os.open(dst_dir / info.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-
-    def wrote(self, upto: int, shared: _Shared) -> None:
-        """The output is written up to ``upto``: hand every FLUSH_BYTES (and the last piece) to the flusher."""
-        if upto - self.flushed >= FLUSH_BYTES or upto == self.info.size:
-            shared.flush.put((self.dst, self.flushed, upto))
-            self.flushed = upto
 
     def close(self) -> None:
         try:
@@ -769,32 +762,68 @@ class _Shard:
         self.src.close()
 
 
-def _write_stream(shards: list[_Shard], computed: queue.Queue, to_hash: queue.Queue, shared: _Shared) -> None:
-    """Stream 1: the one writer of every output shard, in file order.
+class _WriteOut:
+    """One writer's written ranges of one output file, handed to the flusher every FLUSH_BYTES."""
 
-    Untouched ranges go source → output inside the kernel (``copy_file_range``, never through Python); computed
-    chunks are written as they come and passed on to the hasher. One writer, because writes to one file
-    serialize on its inode lock anyway, and in-order writes keep the files unfragmented.
+    def __init__(self, fd: int, shared: _Shared):
+        self.fd, self.shared = fd, shared
+        self.begin = self.end = 0
+
+    def wrote(self, a: int, b: int) -> None:
+        if a != self.end:
+            self.done()
+            self.begin = a
+        self.end = b
+        if self.end - self.begin >= FLUSH_BYTES:
+            self.done()
+
+    def done(self) -> None:
+        if self.end > self.begin:
+            self.shared.flush.put((self.fd, self.begin, self.end))
+        self.begin = self.end
+
+
+def _copy_stream(shards: list[_Shard], shared: _Shared) -> None:
+    """Stream 1a: every untouched byte range of the output shards, in file order, source → output inside the
+    kernel (``copy_file_range``: never through Python, the GIL released).
+
+    Needs neither torch nor the direction, so it starts before either is loaded and never waits for compute.
     """
     try:
         for sh in shards:
             assert sh.dst is not None
+            out = _WriteOut(sh.dst, shared)
             for seg in _segments(sh):
-                shared.check()
                 if seg.op is None:
+                    shared.check()
                     _copy_range(sh, seg.begin, seg.end)
                     shared.bar.update(seg.end - seg.begin)
-                    sh.wrote(seg.end, shared)
-                    continue
-                pos = seg.begin
-                while pos < seg.end:
+                    out.wrote(seg.begin, seg.end)
+            out.done()
+    except BaseException as e:  # noqa: BLE001 - handed to the main thread
+        shared.fail(e)
+
+
+def _write_stream(shards: list[_Shard], computed: queue.Queue, to_hash: queue.Queue, shared: _Shared) -> None:
+    """Stream 1b: the computed chunks of the output shards, in file order, passed on to the hasher.
+
+    Writes at disjoint offsets of one file need no ordering against :func:`_copy_stream`'s.
+    """
+    try:
+        for sh in shards:
+            assert sh.dst is not None
+            out = _WriteOut(sh.dst, shared)
+            for op in sh.ops:
+                pos = op.begin
+                while pos < op.end:
                     at, buf = _get(computed, shared)
-                    assert at == pos, (seg.op.name, at, pos)
+                    assert at == pos, (op.name, at, pos)
                     _pwrite_buf(sh.dst, buf, at)
                     shared.bar.update(len(buf))
                     _put(to_hash, (at, buf), shared)
+                    out.wrote(pos, pos + len(buf))
                     pos += len(buf)
-                    sh.wrote(pos, shared)
+            out.done()
     except BaseException as e:  # noqa: BLE001 - handed to the main thread
         shared.fail(e)
 
@@ -822,7 +851,7 @@ class _Segment(NamedTuple):
 
 
 def _segments(sh: _Shard) -> Iterator[_Segment]:
-    """The one walk over a shard that the writer and the hasher both follow: untouched bytes in blocks of at
+    """The one walk over a shard that the copier and the hasher both follow: untouched bytes in blocks of at
     most COPY_BLOCK, each rewritten tensor whole (its bytes arrive in chunks from the compute stream)."""
     pos = 0
     for op in [*sh.ops, None]:
@@ -864,8 +893,8 @@ def _compute_ops(
     group: int,
     out: queue.Queue,
     checks: list[TensorCheck],
+    helpers: ThreadPoolExecutor | None,
     shared: _Shared,
-    helpers: ThreadPoolExecutor | None = None,
 ) -> None:
     """Stream 2: every op of every shard in file order; output chunks go on through ``out`` (to the writer, or
     straight to the hasher when nothing is written). The queue is deep, so compute runs well ahead."""
@@ -1075,11 +1104,15 @@ def _tensor_over(mm: mmap.mmap, op: TensorOp) -> torch.Tensor:
     return raw.view(_torch_dtype(op.dtype)).reshape(op.shape)
 
 
+def _check_device(device: str) -> str:
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise HubkitError(f"--device {device}: use cpu or cuda")
+    return device
+
+
 def _resolve_device(device: str) -> str:
     import torch
 
-    if not (device == "cpu" or device.startswith("cuda")):
-        raise HubkitError(f"--device {device}: use cpu or cuda")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise HubkitError(f"--device {device}: torch.cuda.is_available() is False on this machine")
     return device
@@ -1089,30 +1122,25 @@ def execute_plan(
     plan: TensorPlan,
     src_dir: str | Path,
     dst_dir: str | Path | None,
-    direction: torch.Tensor,
+    direction: torch.Tensor | Callable[[], torch.Tensor],
     *,
     device: str = "cpu",
     progress: bool = True,
 ) -> ExecutionResult:
     """Stream every shard of ``src_dir`` into ``dst_dir`` (same names), rewriting the plan's tensors.
 
-    Three streams run side by side: a compute thread orthogonalizes the targeted tensors chunk by chunk, a
-    writer thread writes each shard in file order (untouched ranges copied inside the kernel with
-    ``copy_file_range``, computed chunks as they come), and this thread hashes each shard in file order
-    (untouched bytes from the source map, computed chunks passed on by the writer). ``dst_dir=None`` only hashes (what
+    Each group of shards (one per three cores, see :func:`parallel_pipelines`) gets four streams: a copier
+    moves the untouched ranges inside the kernel (``copy_file_range``), a compute thread orthogonalizes the
+    targeted tensors chunk by chunk, a writer writes the computed chunks, and a hasher hashes each shard in file
+    order (untouched bytes from the source map, computed chunks passed on by the writer). The copiers and
+    hashers start first and need no torch: ``direction`` may be a callable, called (and torch imported, CUDA
+    initialized) while they already move bytes. ``dst_dir=None`` only hashes (what
     ``publish --record-regeneration`` needs). Shards are fsynced at the end; the caller makes ``dst_dir``
     appear atomically (see :func:`staging_dir`).
     """
-    import torch
     from tqdm.auto import tqdm
 
-    device = _resolve_device(device)
-    if int(direction.numel()) != plan.hidden_size:
-        raise HubkitError(
-            f"direction has d={direction.numel()}, the checkpoint's hidden size is {plan.hidden_size}"
-        )
-    r64 = _unit(direction)
-    r_by_dtype = {code: r64.to(compute_dtype(code)).to(device) for code in {op.dtype for op in plan.ops}}
+    device = _check_device(device)
     src_dir = Path(src_dir)
     dst = None if dst_dir is None else Path(dst_dir)
     group = CPU_GROUP if device == "cpu" else CUDA_GROUP
@@ -1127,47 +1155,46 @@ def execute_plan(
     shared = _Shared(bar)
     shards: list[_Shard] = []
     checks: list[TensorCheck] = []
-    threads_before = torch.get_num_threads()
-    # One intra-op thread: the chunks are cache-sized, where OpenMP fan-out costs more than it gives (and
-    # collapses on a busy machine); the other streams use the other cores.
-    torch.set_num_threads(1)
+    hashes: dict[str, str] = {}
     workers: list[threading.Thread] = []
     flusher = threading.Thread(target=_flush_stream, args=(shared,), daemon=True, name="hubkit-flush")
-    n_helpers = row_helpers() if device == "cpu" else 1
-    helpers = ThreadPoolExecutor(n_helpers, thread_name_prefix="hubkit-rows") if n_helpers > 1 else None
+    helpers: ThreadPoolExecutor | None = None
+    threads_before: int | None = None
+
+    def start(target: Any, *args: Any) -> None:
+        workers.append(threading.Thread(target=target, args=(*args, shared), daemon=True, name=f"hubkit{target.__name__}"))
+        workers[-1].start()
+
     try:
         for info in plan.shards:
             shards.append(_Shard(info, plan.ops_in(info.name), src_dir, dst))
         depth = max(4, QUEUE_BYTES // (2 * CHUNK_ELEMS * group))
-        hashes: dict[str, str] = {}
-        for part in _partition(shards, parallel_pipelines()):
-            to_hash: queue.Queue = queue.Queue(maxsize=depth)
-            computed = to_hash if dst is None else queue.Queue(maxsize=depth)
-            workers.append(
-                threading.Thread(
-                    target=_compute_ops,
-                    args=(part, r_by_dtype, group, computed, checks, shared, helpers),
-                    daemon=True,
-                    name="hubkit-compute",
-                )
-            )
-            if dst is not None:
-                workers.append(
-                    threading.Thread(
-                        target=_write_stream,
-                        args=(part, computed, to_hash, shared),
-                        daemon=True,
-                        name="hubkit-write",
-                    )
-                )
-            workers.append(
-                threading.Thread(
-                    target=_hash_into, args=(part, to_hash, shared, hashes), daemon=True, name="hubkit-hash"
-                )
-            )
+        parts = [(part, queue.Queue(maxsize=depth), queue.Queue(maxsize=depth))
+                 for part in _partition(shards, parallel_pipelines())]
         flusher.start()
-        for w in workers:
-            w.start()
+        for part, to_hash, _ in parts:  # torch-free: bytes move while torch is imported below
+            if dst is not None:
+                start(_copy_stream, part)
+            start(_hash_into, part, to_hash, hashes)
+
+        import torch
+
+        device = _resolve_device(device)
+        vec = direction() if callable(direction) else direction
+        if int(vec.numel()) != plan.hidden_size:
+            raise HubkitError(f"direction has d={vec.numel()}, the checkpoint's hidden size is {plan.hidden_size}")
+        r64 = _unit(vec)
+        r_by_dtype = {code: r64.to(compute_dtype(code)).to(device) for code in {op.dtype for op in plan.ops}}
+        # One intra-op thread: the chunks are cache-sized, where OpenMP fan-out costs more than it gives (and
+        # collapses on a busy machine); the other streams use the other cores.
+        threads_before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        n_helpers = row_helpers() if device == "cpu" else 1
+        helpers = ThreadPoolExecutor(n_helpers, thread_name_prefix="hubkit-rows") if n_helpers > 1 else None
+        for part, to_hash, computed in parts:
+            start(_compute_ops, part, r_by_dtype, group, to_hash if dst is None else computed, checks, helpers)
+            if dst is not None:
+                start(_write_stream, part, computed, to_hash)
         while any(w.is_alive() for w in workers):  # a timed join, so Ctrl-C reaches this thread
             for w in workers:
                 w.join(0.2)
@@ -1179,8 +1206,7 @@ def execute_plan(
     except BaseException as e:
         shared.fail(e)
         for w in workers:
-            if w.is_alive() or w.ident is not None:
-                w.join()
+            w.join()
         raise
     finally:
         if flusher.is_alive():  # stopped before the shards' descriptors close
@@ -1188,7 +1214,8 @@ def execute_plan(
             flusher.join()
         if helpers is not None:
             helpers.shutdown(cancel_futures=True)
-        torch.set_num_threads(threads_before)
+        if threads_before is not None:
+            __import__("torch").set_num_threads(threads_before)
         for sh in shards:
             sh.close()
         bar.close()
@@ -1229,7 +1256,7 @@ def _partition(shards: list[_Shard], n: int) -> list[list[_Shard]]:
     return [sorted(g, key=lambda s: s.info.name) for g in groups if g]
 
 
-def _hash_into(shards: list[_Shard], q: queue.Queue, shared: _Shared, out: dict[str, str]) -> None:
+def _hash_into(shards: list[_Shard], q: queue.Queue, out: dict[str, str], shared: _Shared) -> None:
     try:
         out.update(_hash_stream(shards, q, shared))
     except BaseException as e:  # noqa: BLE001 - handed to the main thread

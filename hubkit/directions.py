@@ -314,6 +314,35 @@ def write_canonical(ds: DirectionSet, path: str | Path) -> None:
     path.write_bytes(canonical_bytes(ds))
 
 
+def canonical_layout(path: str | Path, display: str | None = None) -> tuple[dict[str, str], dict[int, int]]:
+    """A canonical file's metadata and ``{layer: d}``, from its header alone.
+
+    Needs no torch: ``regenerate`` checks a recipe against the base and starts moving bytes before torch is
+    imported (seconds on a GPU machine), and reads the vector itself (:func:`read_canonical`) only then.
+    """
+    from .abliterate import read_header
+    from .errors import PlanError
+
+    where = display or str(path)
+    try:
+        header, _ = read_header(Path(path))
+    except PlanError as e:  # its message names the real path; show the repo-relative one
+        raise DirectionError(f"{where}: {first_line(e).removeprefix(f'{path}: ')}") from e
+    raw_meta = header.pop("__metadata__", None) or {}
+    dims: dict[int, int] = {}
+    for key, info in header.items():
+        shape = info.get("shape") if isinstance(info, dict) else None
+        if not isinstance(shape, list) or len(shape) != 1:
+            raise DirectionError(f"{where}: tensor '{key}' has shape {shape}, a direction is one [d] vector a layer")
+        dims[_layer_key(key, where)] = int(shape[0])
+    if not dims:
+        raise DirectionError(f"{where}: no tensors")
+    if len(set(dims.values())) > 1:
+        parts = ", ".join(f"d={d} (layer {i})" for d, i in sorted({d: i for i, d in sorted(dims.items())}.items()))
+        raise DirectionError(f"{where}: mixed d across layers: {parts}")
+    return {str(k): str(v) for k, v in raw_meta.items()}, dict(sorted(dims.items()))
+
+
 def read_canonical(path: str | Path, display: str | None = None) -> DirectionSet:
     """Read a canonical direction file back (the format :func:`write_canonical` writes)."""
     from safetensors import safe_open

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +32,8 @@ from .abliterate import (
     read_index,
     staging_dir,
 )
-from .errors import HubError, HubkitError, ProvenanceError, first_line
+from .errors import DirectionError, HubError, HubkitError, ProvenanceError, first_line
+from .formatting import layer_span
 from .manifest import is_repo_id
 from .package import sha256_file
 from .tables import read_json_object
@@ -68,10 +71,15 @@ _SNAPSHOT = re.compile(r"models--(?P<org>[^/]+?)--(?P<name>[^/]+)/snapshots/(?P<
 
 @dataclass
 class Recipe:
-    """What ``hubkit.json``'s ``regenerate`` section (or a run's manifest) says, with the direction resolved."""
+    """What ``hubkit.json``'s ``regenerate`` section (or a run's manifest) says, with the direction resolved.
+
+    The vector is read on first use of :attr:`direction` (``load_direction``): everything checked before
+    writing needs only ``d``, from the file's header, so the byte copy starts before torch is imported.
+    """
 
     direction_name: str
-    direction: torch.Tensor  # float32 [d], as stored
+    load_direction: Callable[[], torch.Tensor] = field(repr=False, compare=False)  # float32 [d], as stored
+    d: int
     direction_file: str  # as shown to users (repo-relative path)
     layer: int
     layer_convention: str
@@ -84,9 +92,12 @@ class Recipe:
     source_revision: str | None = None  # commit, for a Hub source
     title: str | None = None
 
-    @property
-    def d(self) -> int:
-        return int(self.direction.numel())
+    @cached_property
+    def direction(self) -> torch.Tensor:
+        vec = self.load_direction()
+        if int(vec.numel()) != self.d:
+            raise HubkitError(f"{self.direction_file}: direction has d={vec.numel()}, its header said {self.d}")
+        return vec
 
 
 def _direction_key(block: int, convention: str) -> int:
@@ -103,7 +114,7 @@ def recipe_from_meta(
     fetch: Any = None,
 ) -> Recipe:
     """Parse ``hubkit.json``; ``fetch(path) -> Path`` gets a repo file (local root or Hub download)."""
-    from .directions import read_canonical, to_block_index
+    from .directions import canonical_layout, read_canonical, to_block_index
 
     regen = meta.get("regenerate")
     if not isinstance(regen, dict):
@@ -125,15 +136,20 @@ def recipe_from_meta(
             raise ProvenanceError(
                 f"{rel}: sha256 {actual[:12]}… ≠ {recorded[:12]}… recorded in {where} files"
             )
-    ds = read_canonical(path, display=rel)
-    convention = regen.get("layer_convention") or entry.get("layer_convention") or ds.layer_convention
+    file_meta, dims = canonical_layout(path, display=rel)
+    stored = file_meta.get("layer_convention", "block")
+    convention = regen.get("layer_convention") or entry.get("layer_convention") or stored
     layer = int(regen["layer"])
-    block = to_block_index(layer, convention)
-    vec = ds.vector(_direction_key(block, ds.layer_convention))
+    key = _direction_key(to_block_index(layer, convention), stored)
+    if key not in dims:
+        raise DirectionError(
+            f"{rel}: no layer {key} ({stored} convention); has {layer_span(list(dims), 'none')}"
+        )
     run = meta.get("run") or {}
     return Recipe(
         direction_name=str(name),
-        direction=vec,
+        load_direction=lambda: read_canonical(path, display=rel).vector(key),
+        d=dims[key],
         direction_file=rel,
         layer=layer,
         layer_convention=convention,
@@ -159,9 +175,11 @@ def recipe_from_run(run: Run) -> Recipe:
         raise HubkitError(
             f"{run.root}/hubkit.yaml: regenerate.layer is needed ({ds.source} has several layers)"
         )
+    vec = ds.vector(layer)
     return Recipe(
         direction_name=ds.name,
-        direction=ds.vector(layer),
+        load_direction=lambda: vec,
+        d=int(vec.numel()),
         direction_file=ds.source or ds.name,
         layer=int(layer),
         layer_convention=ds.layer_convention,
@@ -437,7 +455,7 @@ def regenerate(
         out = Path.cwd() / f"{stem}-{recipe.direction_name}-abliterated"
     out = Path(out)
     with staging_dir(out, overwrite=overwrite) as tmp:
-        result = execute_plan(plan, base.path, tmp, recipe.direction, device=device, progress=progress)
+        result = execute_plan(plan, base.path, tmp, lambda: recipe.direction, device=device, progress=progress)
         for pattern in _COPIED:
             for f in sorted(base.path.glob(pattern)):
                 if f.is_file():
@@ -510,7 +528,7 @@ def record_regeneration(
     """
     recipe, base, plan = _prepare(source, None, base_dir, False)
     return execute_plan(
-        plan, base.path, None, recipe.direction, device=device, progress=progress
+        plan, base.path, None, lambda: recipe.direction, device=device, progress=progress
     ).shards_sha256
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -456,6 +457,42 @@ def test_interrupted_write_leaves_nothing(
     with pytest.raises(exc, match="stop here"):
         ab.abliterate_checkpoint(ckpts["qwen3_5"], tmp_path / "out", _r(), progress=False)
     assert len(calls) == 3
+    assert os.listdir(tmp_path) == []
+
+
+def test_untouched_bytes_move_before_the_direction_is_loaded(ckpts: dict[str, Path], tmp_path: Path) -> None:
+    """The copier starts before the direction (and torch, CUDA) is needed: a loader that waits for the copy."""
+    src = ckpts["llama"]
+    plan = ab.plan_checkpoint(src)
+    shards, tensors = ab.read_index(src)
+    planned = {op.name for op in plan.ops}
+    last = max((t for t in tensors.values() if t.name not in planned), key=lambda t: t.end)
+    expected = (src / last.shard).read_bytes()[last.begin : last.end]
+    out = tmp_path / "o"
+    out.mkdir()
+    waited = []
+
+    def loader() -> torch.Tensor:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            data = (out / last.shard).read_bytes()
+            if data[last.begin : last.end] == expected:
+                waited.append(True)
+                break
+            time.sleep(0.01)
+        return _r()
+
+    lazy = ab.execute_plan(plan, src, out, loader, progress=False)
+    assert waited == [True], "the untouched bytes were not copied while the direction was being loaded"
+    assert lazy.shards_sha256 == ab.execute_plan(plan, src, None, _r(), progress=False).shards_sha256
+
+
+def test_a_failing_direction_loader_leaves_nothing(ckpts: dict[str, Path], tmp_path: Path) -> None:
+    def loader() -> torch.Tensor:
+        raise HubkitError("vectors/refusal.safetensors: layer 3 is the zero vector")
+
+    with pytest.raises(HubkitError, match="zero vector"):
+        ab.abliterate_checkpoint(ckpts["qwen3_5"], tmp_path / "out", loader, progress=False)
     assert os.listdir(tmp_path) == []
 
 

@@ -6,6 +6,7 @@ from safetensors.torch import save_file
 
 from hubkit.directions import (
     DirectionSet,
+    canonical_layout,
     inspect_direction,
     read_canonical,
     read_direction_file,
@@ -139,6 +140,22 @@ def test_canonical_roundtrip_is_deterministic(tmp_path):
     assert all(torch.equal(back.layers[i], ds.layers[i]) for i in ds.layer_ids)
     again = read_direction_file(tmp_path / "a.safetensors")  # the generic reader honours the metadata
     assert again.selected_layer == 3 and again.layer_convention == "hidden_states"
+
+
+def test_canonical_layout_reads_the_header_without_torch(tmp_path):
+    ds = DirectionSet("refusal", {i + 1: unit(4)[i] for i in range(4)}, "hidden_states", 3)
+    write_canonical(ds, tmp_path / "a.safetensors")
+    meta, dims = canonical_layout(tmp_path / "a.safetensors")
+    assert dims == {1: D, 2: D, 3: D, 4: D} and meta["layer_convention"] == "hidden_states"
+    save_file({"layer.0": torch.zeros(4), "layer.1": torch.zeros(5)}, str(tmp_path / "mixed.safetensors"))
+    with pytest.raises(DirectionError, match=r"mixed.safetensors: mixed d across layers: d=4 \(layer 0\), d=5"):
+        canonical_layout(tmp_path / "mixed.safetensors")
+    save_file({"layer.0": torch.zeros(2, 4)}, str(tmp_path / "flat.safetensors"))
+    with pytest.raises(DirectionError, match=r"flat.safetensors: tensor 'layer.0' has shape \[2, 4\]"):
+        canonical_layout(tmp_path / "flat.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a file")
+    with pytest.raises(DirectionError, match="vectors/junk.safetensors: not a safetensors file"):
+        canonical_layout(tmp_path / "junk.safetensors", display="vectors/junk.safetensors")
 
 
 def test_layer_conventions():

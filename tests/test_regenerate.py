@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -210,6 +212,32 @@ def test_recipe_problems_are_one_line_errors(base: Path, tmp_path: Path) -> None
     (staged / "hubkit.json").write_text(json.dumps(meta))
     with pytest.raises(HubkitError, match="no 'regenerate' recipe"):
         rg.regenerate(staged, base_model=base, out=tmp_path / "o")
+
+
+def test_recipe_provenance_and_plan_need_no_torch(base: Path, tmp_path: Path) -> None:
+    """Everything before the byte copy is torch-free, so the copy starts before torch's import (seconds)."""
+    staged = make_recipe(tmp_path / "staged")
+    code = (
+        "import sys; from hubkit import regenerate as rg\n"
+        f"recipe, b, plan = rg._prepare({str(staged)!r}, None, {str(base)!r}, False)\n"
+        "assert 'torch' not in sys.modules, 'torch imported before the copy could start'\n"
+        "print(recipe.d, len(plan.ops), float(recipe.direction.norm()) > 0, 'torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(tm.HIDDEN), str(len(rg._prepare(staged, None, base, False)[2].ops)), "True", "True"]
+
+
+def test_a_bad_direction_file_is_a_one_line_error_and_leaves_nothing(base: Path, tmp_path: Path) -> None:
+    staged = make_recipe(tmp_path / "staged")
+    vec = staged / "vectors" / "persona.safetensors"
+    vec.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}")
+    with pytest.raises(DirectionError, match="vectors/persona.safetensors: unreadable safetensors header"):
+        rg.regenerate(staged, base_model=base, out=tmp_path / "out", progress=False)
+    write_canonical(DirectionSet("persona", {2: torch.full((tm.HIDDEN,), float("nan"))}, selected_layer=2), vec)
+    with pytest.raises(DirectionError, match="vectors/persona.safetensors: layer 2 has non-finite values"):
+        rg.regenerate(staged, base_model=base, out=tmp_path / "out", progress=False)
+    assert sorted(os.listdir(tmp_path)) == ["staged"]
 
 
 def test_a_bad_push_to_id_fails_before_any_work(base: Path, tmp_path: Path) -> None:
