@@ -1,11 +1,13 @@
 """Where a regeneration's time goes: busy seconds per stream and per kernel of hubkit.abliterate.
 
     python benchmarks/profile_regenerate.py CHECKPOINT_DIR [--device cpu|cuda] [--pipelines N] [--group G]
-        [--prefetch BYTES] [--cold] [--processes N]
+        [--prefetch BYTES] [--library numpy|torch] [--cold] [--processes N]
 
 Wraps the executor's functions with timers (no change to hubkit itself) and prints wall, user and sys time,
 peak RSS and the busy time of each stream (compute, write, hash) and of the heavy functions inside them.
-Streams overlap, so busy times add up to more than the wall time. ``--processes N`` is an experiment: the
+Streams overlap, so busy times add up to more than the wall time; the timeline shows when each stream thread
+and the direction's loading (``import torch``, CUDA context) started and ended, from the script's start, the
+way ``hubkit regenerate`` runs them (torch is imported inside the run). ``--processes N`` is an experiment: the
 shard groups run in N forked processes (one pipeline each) instead of threads of one process, to see what the
 GIL costs; ``--cold`` drops the page cache first (root).
 """
@@ -25,8 +27,11 @@ from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+T0 = time.perf_counter()
+STREAMS = ["_copy_stream", "_compute_ops", "_write_stream", "_hash_into"]
 WRAPPED = [
     "_compute_ops",
+    "_copy_stream",
     "_copy_stream",
     "_write_stream",
     "_hash_stream",
@@ -37,7 +42,6 @@ WRAPPED = [
     "rows_block",
     "cols_partials",
     "cols_block",
-    "_as_bytes",
     "_accumulate",
 ]
 
@@ -90,15 +94,18 @@ def main() -> None:
     ap.add_argument("--processes", type=int, default=0)
     ap.add_argument("--group", type=int, default=None, help="compute chunks per block (CPU_GROUP/CUDA_GROUP)")
     ap.add_argument("--prefetch", type=int, default=None, help="PREFETCH_BYTES (0: off)")
-    ap.add_argument("--helpers", type=int, default=None, help="threads for the embedding on CPU (1: none)")
+    ap.add_argument("--helpers", type=int, default=None, help="threads computing blocks on CPU (1: none)")
+    ap.add_argument("--library", default=None, help="CPU_LIBRARY: numpy (default) or torch")
     ap.add_argument("--cold", action="store_true")
     args = ap.parse_args()
+    if args.library:
+        ab.CPU_LIBRARY = args.library
     if args.group:
         ab.CPU_GROUP = ab.CUDA_GROUP = args.group
     if args.prefetch is not None:
         ab.PREFETCH_BYTES = args.prefetch
     if args.helpers is not None:
-        ab.row_helpers = lambda: args.helpers
+        ab.compute_helpers = lambda: args.helpers
     if args.cold:
         _drop_caches()
     if args.processes:
@@ -109,10 +116,19 @@ def main() -> None:
             shutil.rmtree(out.parent, ignore_errors=True)
         print(f"{args.device}, {args.processes} process(es): wall {wall:.1f} s")
         return
-    import torch
-
     busy: dict[str, float] = {}
+    spans: list[tuple[str, float, float]] = []
     lock = threading.Lock()
+
+    def spanned(name, fn):
+        def wrapper(*a, **k):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                spans.append((name, t - T0, time.perf_counter() - T0))
+
+        return wrapper
 
     def timed(name, fn):
         def wrapper(*a, **k):
@@ -127,10 +143,23 @@ def main() -> None:
 
     for name in WRAPPED:
         setattr(ab, name, timed(name, getattr(ab, name)))
+    for name in STREAMS:
+        setattr(ab, name, spanned(name, getattr(ab, name)))
     if args.pipelines:
         ab.parallel_pipelines = lambda: args.pipelines
     plan = ab.plan_checkpoint(args.checkpoint)
-    r = torch.randn(plan.hidden_size, generator=torch.Generator().manual_seed(0))
+
+    def direction():
+        if args.device == "cpu" and ab.CPU_LIBRARY == "numpy":  # torch-free, as the CPU run is
+            import numpy as np
+
+            return np.random.default_rng(0).standard_normal(plan.hidden_size)
+        import torch
+
+        torch.zeros(1, device=args.device)  # the CUDA context, which the run would create next
+        return torch.randn(plan.hidden_size, generator=torch.Generator().manual_seed(0))
+
+    r = spanned("direction (import torch, CUDA init)", direction)
     out = Path(tempfile.mkdtemp(dir=args.checkpoint.parent)) / "out"
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
     t = time.perf_counter()
@@ -147,6 +176,9 @@ def main() -> None:
     )
     for name, sec in sorted(busy.items(), key=lambda kv: -kv[1]):
         print(f"  {name:<16} {sec:7.2f} s")
+    print(f"timeline (s from the script's start; the run started at {t - T0:.2f}, ended at {t + wall - T0:.2f}):")
+    for name, a, b in sorted(spans, key=lambda x: x[1]):
+        print(f"  {a:6.2f} → {b:6.2f}  {name}")
     print("  sha256:", " ".join(h[:12] for h in result.shards_sha256.values()))
 
 

@@ -18,9 +18,11 @@ The math, with r the unit direction ``[d]``:
 
 Determinism: every reduction is a fixed pairwise tree of elementwise adds over fixed chunk boundaries (which
 depend on the shape only), and every other step is one IEEE-rounded elementwise op. No BLAS reduction touches
-the output, so the bytes are the same run after run, on any CPU and on CUDA (checked: torch 2.13 CPU here,
-torch 2.11 CPU and H100 give identical shards). 16-bit tensors are computed in
-float32 (exact upcast, 24-bit mantissa), 32/64-bit ones in float64; the cast back rounds to nearest-even.
+the output, so the bytes are the same run after run, on any CPU and on CUDA, with numpy (CPU runs: no torch
+import) or torch (CUDA) doing the arithmetic: the math is written once against :class:`Kernels` (checked:
+torch 2.13 CPU here, torch 2.11 CPU and H100 give identical shards, numpy and torch agree on every rounding
+case). 16-bit tensors are computed in float32 (exact upcast, 24-bit mantissa), 32/64-bit ones in float64;
+the cast back rounds to nearest-even. r is normalized with an exactly rounded norm (``math.fsum``).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -73,11 +75,17 @@ CUDA_GROUP = 64
 PREFETCH_BYTES = 256 << 20
 #: written bytes after which the writer asks the kernel to start writing a shard's pages out (see _flush_stream)
 FLUSH_BYTES = 64 << 20
-#: at most this many helper threads share a ``rows`` op (the embedding) on CPU, when cores are to spare
-HELPERS_MAX = 4
+#: at most this many helper threads compute blocks on CPU, when cores are to spare (see compute_helpers), and
+#: at most IN_FLIGHT blocks of one tensor are out on them at once
+HELPERS_MAX = 16
+IN_FLIGHT = 16
+#: the array library of CPU runs: numpy, so that a CPU run never imports torch (on a GPU machine its CUDA build
+#: takes 4-6 s to import, longer than the rest of a warm run); "torch" gives the same bytes (tested)
+CPU_LIBRARY = "numpy"
 _PAGE = mmap.PAGESIZE
 
 _FLOAT_DTYPES = ("BF16", "F16", "F32", "F64")
+_NP_DTYPES = {"BF16": "<u2", "F16": "<f2", "F32": "<f4", "F64": "<f8"}  # bfloat16 as its bits
 _DTYPE_EPS = {"BF16": 2.0**-8, "F16": 2.0**-10, "F32": 2.0**-23, "F64": 2.0**-52}
 
 
@@ -550,24 +558,133 @@ def compute_dtype(code: str) -> torch.dtype:
     return torch.float32 if code in ("BF16", "F16") else torch.float64
 
 
-def tree_sum(x: torch.Tensor, dim: int) -> torch.Tensor:
+class Kernels:
+    """The few array operations the math needs beyond ``+ - * @``, slicing and ``reshape`` (which numpy arrays
+    and torch tensors share), for one storage dtype on one array library; ``r`` is the unit direction in the
+    compute dtype there. The math below is written once against this, so both libraries give the same bytes.
+    """
+
+    r: Any
+
+    def up(self, x: Any) -> Any:  # storage → compute dtype (exact)
+        raise NotImplementedError
+
+    def down(self, y: Any) -> Any:  # compute → storage dtype, round to nearest-even
+        raise NotImplementedError
+
+    def cat(self, parts: list[Any], axis: int) -> Any:
+        raise NotImplementedError
+
+    def matvec(self, a: Any, b: Any) -> Any:  # a @ b with a vector, for the checks only
+        return a @ b
+
+    def load(self, x: Any) -> Any:  # a block of the memory-mapped tensor, onto the compute device
+        return x
+
+    def as_bytes(self, y: Any) -> memoryview:
+        return memoryview(y).cast("B")
+
+    def mode(self) -> Any:
+        return nullcontext()
+
+
+class NumpyKernels(Kernels):
+    """CPU arithmetic with numpy, so a CPU run never imports torch (seconds of a run on a GPU machine's CUDA
+    build). bfloat16, which numpy lacks, is kept as its uint16 bits: the upcast is a shift, the downcast the
+    integer round-to-nearest-even that torch's CPU kernels use (NaN becomes 0x7FC0)."""
+
+    def __init__(self, code: str, r64: Any):
+        import numpy as np
+
+        self.np, self.code = np, code
+        self.storage = _NP_DTYPES[code]
+        self.r = r64.astype(np.float32 if code in ("BF16", "F16") else np.float64)
+
+    def up(self, x: Any) -> Any:
+        np = self.np
+        if self.code == "BF16":
+            bits = x.astype(np.uint32)
+            bits <<= 16  # in place: every pass over a block counts, numpy fuses nothing
+            return bits.view(np.float32)
+        return x.astype(self.r.dtype)
+
+    def down(self, y: Any) -> Any:
+        np = self.np
+        if self.code != "BF16":
+            with np.errstate(over="ignore"):  # beyond the storage range rounds to ±inf, as in torch
+                return y.astype(self.storage)
+        bits = y.view(np.uint32)
+        t = bits >> 16
+        t &= 1  # the lowest kept bit: ties go to even
+        t += 0x7FFF
+        t += bits
+        t >>= 16
+        out = t.astype(np.uint16)
+        nan = np.isnan(y)
+        if nan.any():
+            out[nan] = 0x7FC0
+        return out
+
+    def cat(self, parts: list[Any], axis: int) -> Any:
+        return self.np.concatenate(parts, axis)
+
+    def matvec(self, a: Any, b: Any) -> Any:
+        # einsum's own loop: numpy's BLAS would start a thread per core for each block (on a 16-core machine
+        # that made a CPU run 3x slower, 278 s of CPU time spinning)
+        return self.np.einsum("ij,j->i" if a.ndim == 2 else "i,ij->j", a, b)
+
+    def as_bytes(self, y: Any) -> memoryview:
+        return memoryview(self.np.ascontiguousarray(y)).cast("B")
+
+
+class TorchKernels(Kernels):
+    """torch arithmetic on ``device`` (CUDA, or the CPU for :func:`orthogonalize` on tensors)."""
+
+    def __init__(self, code: str, r64: Any, device: str = "cpu"):
+        import torch
+
+        self.torch = torch
+        self.storage, self.device = _torch_dtype(code), device
+        self.r = torch.from_numpy(r64).to(compute_dtype(code)).to(device)
+
+    def up(self, x: Any) -> Any:
+        return x.to(self.r.dtype)
+
+    def down(self, y: Any) -> Any:
+        return y.to(self.storage)
+
+    def cat(self, parts: list[Any], axis: int) -> Any:
+        return self.torch.cat(parts, axis)
+
+    def load(self, x: Any) -> Any:
+        return x.to(self.device)
+
+    def as_bytes(self, y: Any) -> memoryview:
+        y = y.detach().to("cpu").contiguous()
+        return memoryview(y.view(self.torch.uint8).numpy()).cast("B")
+
+    def mode(self) -> Any:
+        return self.torch.inference_mode()
+
+
+def tree_sum(x: Any, dim: int, k: Kernels) -> Any:
     """Sum along ``dim`` by repeated halving.
 
     Each step is one elementwise add, so the summation order is fixed by the shape alone and the result is
-    bit-identical on every IEEE device (unlike BLAS or torch.sum, whose order depends on the hardware).
+    bit-identical on every IEEE device and array library (unlike BLAS or a library's sum, whose order depends
+    on the hardware).
     """
-    import torch
-
     n = x.shape[dim]
     if n == 0:
         return x.sum(dim)
+    lead = (slice(None),) * dim
     while n > 1:
         h = n // 2
-        y = x.narrow(dim, 0, h) + x.narrow(dim, h, h)
+        y = x[(*lead, slice(0, h))] + x[(*lead, slice(h, 2 * h))]
         if n % 2:
-            y = torch.cat([y, x.narrow(dim, 2 * h, 1)], dim)
+            y = k.cat([y, x[(*lead, slice(2 * h, n))]], dim)
         x, n = y, y.shape[dim]
-    return x.select(dim, 0)
+    return x[(*lead, 0)]
 
 
 class _Acc:
@@ -591,44 +708,42 @@ class _Acc:
         return math.sqrt(float(self.before)) / denom, math.sqrt(float(self.after)) / denom
 
 
-def rows_block(x: torch.Tensor, r_c: torch.Tensor, acc: _Acc | None = None) -> torch.Tensor:
+def rows_block(x: Any, k: Kernels, acc: _Acc | None = None) -> Any:
     """``x − (x r) rᵀ`` for rows ``x [n, d]`` (storage dtype); each row is independent, so any blocking
     gives the same bytes."""
-    xc = x.to(r_c.dtype)
-    s = tree_sum(xc * r_c, 1)
-    y = (xc - s[:, None] * r_c).to(x.dtype)
+    xc = k.up(x)
+    s = tree_sum(xc * k.r, 1, k)
+    y = k.down(xc - s[:, None] * k.r)
     if acc is not None:
-        yc = y.to(r_c.dtype)
+        yc = k.up(y)
         acc.before = acc.before + (s * s).sum()
-        acc.after = acc.after + ((yc @ r_c) ** 2).sum()
+        acc.after = acc.after + (k.matvec(yc, k.r) ** 2).sum()
         acc.norm = acc.norm + (yc * yc).sum()
     return y
 
 
-def cols_partials(x: torch.Tensor, r_rows: torch.Tensor, step: int) -> torch.Tensor:
+def cols_partials(x: Any, r_rows: Any, step: int, k: Kernels) -> Any:
     """Per-chunk partial sums of rᵀW over consecutive ``step``-row chunks of ``x [n, m]``: ``[ceil(n/step), m]``.
 
     A block holding several chunks (the GPU path) gives bit-for-bit the partials of one chunk at a time.
     """
     n, m = x.shape
-    prod = x.to(r_rows.dtype) * r_rows[:, None]
+    prod = k.up(x) * r_rows[:, None]
     full = n - n % step
     parts = []
     if full:
-        parts.append(tree_sum(prod[:full].reshape(full // step, step, m), 1))
+        parts.append(tree_sum(prod[:full].reshape(full // step, step, m), 1, k))
     if n > full:
-        parts.append(tree_sum(prod[full:], 0)[None])
-    return parts[0] if len(parts) == 1 else __import__("torch").cat(parts)
+        parts.append(tree_sum(prod[full:], 0, k)[None])
+    return parts[0] if len(parts) == 1 else k.cat(parts, 0)
 
 
-def cols_block(
-    x: torch.Tensor, r_rows: torch.Tensor, s: torch.Tensor, acc: _Acc | None = None
-) -> torch.Tensor:
-    """``W − r s`` on a block of rows (``s = rᵀW`` of the whole matrix), cast back to x's dtype."""
-    y = (x.to(r_rows.dtype) - r_rows[:, None] * s[None, :]).to(x.dtype)
+def cols_block(x: Any, r_rows: Any, s: Any, k: Kernels, acc: _Acc | None = None) -> Any:
+    """``W − r s`` on a block of rows (``s = rᵀW`` of the whole matrix), cast back to the storage dtype."""
+    y = k.down(k.up(x) - r_rows[:, None] * s[None, :])
     if acc is not None:
-        yc = y.to(r_rows.dtype)
-        acc.after = acc.after + r_rows @ yc  # a vector [m], squared when the matrix is done
+        yc = k.up(y)
+        acc.after = acc.after + k.matvec(r_rows, yc)  # a vector [m], squared when the matrix is done
         acc.norm = acc.norm + (yc * yc).sum()
     return y
 
@@ -637,41 +752,46 @@ def _chunk_rows(width: int) -> int:
     return max(1, CHUNK_ELEMS // max(width, 1))
 
 
-def orthogonalize(weight: torch.Tensor, r: torch.Tensor, kind: str) -> torch.Tensor:
+def orthogonalize(weight: torch.Tensor, r: Any, kind: str) -> torch.Tensor:
     """The whole-tensor form of what :func:`execute_plan` streams (the same bytes), for tests and small uses.
 
-    ``weight`` in its storage dtype (BF16/F16/F32/F64); ``r`` any float tensor ``[d]`` (renormalized in
-    float64 here); ``kind`` ``rows`` or ``cols`` as in :class:`TensorOp`.
+    ``weight`` a torch tensor in its storage dtype (BF16/F16/F32/F64); ``r`` any float vector ``[d]``
+    (renormalized in float64 here); ``kind`` ``rows`` or ``cols`` as in :class:`TensorOp`.
     """
     import torch
 
     code = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32", torch.float64: "F64"}[
         weight.dtype
     ]
-    r_c = _unit(r).to(compute_dtype(code)).to(weight.device)
+    k = TorchKernels(code, _unit(r), str(weight.device))
     if kind == "rows":
-        return rows_block(weight.reshape(-1, weight.shape[-1]), r_c).reshape(weight.shape)
+        return rows_block(weight.reshape(-1, weight.shape[-1]), k).reshape(weight.shape)
     d, m = weight.shape[-2], weight.shape[-1]
     out = []
     for mat in weight.reshape(-1, d, m):
-        s = _accumulate(cols_partials(mat, r_c, _chunk_rows(m)), None)
-        out.append(cols_block(mat, r_c, s))
+        s = _accumulate(cols_partials(mat, k.r, _chunk_rows(m), k), None)
+        out.append(cols_block(mat, k.r, s, k))
     return torch.stack(out).reshape(weight.shape)
 
 
-def _accumulate(partials: torch.Tensor, s: torch.Tensor | None) -> torch.Tensor:
-    """Add chunk partials one after another, in order: the cross-chunk part of the fixed summation order."""
+def _accumulate(partials: Any, s: Any) -> Any:
+    """Add chunk partials one after another, in order: the cross-chunk part of the fixed summation order.
+    (Nothing is updated in place, so ``s`` may start as the first partial itself.)"""
     for p in partials:
-        s = p.clone() if s is None else s + p
+        s = p if s is None else s + p
     assert s is not None
     return s
 
 
-def _unit(r: torch.Tensor) -> torch.Tensor:
-    import torch
+def _unit(r: Any) -> Any:
+    """``r / ‖r‖`` in float64 numpy, the norm an exactly rounded sum (``math.fsum``): the same on every machine
+    and library, whatever their reduction order. ``r``: a numpy array or a torch tensor, any float dtype."""
+    import numpy as np
 
-    r64 = r.detach().to("cpu", torch.float64).reshape(-1)
-    norm = float(r64.norm())
+    if hasattr(r, "detach"):
+        r = r.detach().to("cpu").double().numpy()
+    r64 = np.asarray(r, dtype=np.float64).reshape(-1)
+    norm = math.sqrt(math.fsum((r64 * r64).tolist())) if np.isfinite(r64).all() else math.nan
     if not math.isfinite(norm) or norm == 0.0:
         raise HubkitError("direction: zero or non-finite vector, can't orthogonalize against it")
     return r64 / norm
@@ -889,7 +1009,7 @@ def _pwrite_all(fd: int, mm: mmap.mmap, a: int, b: int) -> None:
 
 def _compute_ops(
     shards: list[_Shard],
-    r_by_dtype: dict[str, torch.Tensor],
+    kernels: dict[str, Kernels],
     group: int,
     out: queue.Queue,
     checks: list[TensorCheck],
@@ -898,17 +1018,15 @@ def _compute_ops(
 ) -> None:
     """Stream 2: every op of every shard in file order; output chunks go on through ``out`` (to the writer, or
     straight to the hasher when nothing is written). The queue is deep, so compute runs well ahead."""
-    import torch
-
     try:
-        with torch.inference_mode():
-            for sh in shards:
-                for op in sh.ops:
+        for sh in shards:
+            for op in sh.ops:
+                with kernels[op.dtype].mode():
                     checks.append(
                         _compute_op(
                             op,
                             sh.mm,
-                            r_by_dtype[op.dtype],
+                            kernels[op.dtype],
                             group,
                             lambda at, buf: _put(out, (at, buf), shared),
                             shared,
@@ -941,7 +1059,7 @@ def _put(q: queue.Queue, item: Any, shared: _Shared) -> None:
 def _compute_op(
     op: TensorOp,
     mm: mmap.mmap,
-    r_c: torch.Tensor,
+    k: Kernels,
     group: int,
     sink: Any,
     shared: _Shared,
@@ -951,19 +1069,18 @@ def _compute_op(
 
     ``group`` chunks are computed per block (few on CPU, to stay in cache; many on CUDA, to fill the device);
     chunk boundaries themselves depend on the shape only, so the bytes don't depend on ``group``. ``helpers``
-    (CPU, many cores) compute the blocks of a ``rows`` op side by side: the embedding is the largest tensor
-    and would otherwise be one core's work on its shard's critical path.
+    (CPU, many cores) compute the blocks side by side: with one thread per shard the compute was the critical
+    path on a 16-core machine while most cores idled.
     """
-    t = _tensor_over(mm, op)
-    dev = r_c.device
+    t = _tensor_over(mm, op, isinstance(k, TorchKernels))
     acc = _Acc()
     pos = op.begin
     asked = released = op.begin  # read-ahead requested up to here; source pages dropped up to here
 
-    def emit(y: torch.Tensor) -> None:
+    def emit(y: Any) -> None:
         nonlocal pos, asked, released
         shared.check()
-        buf = _as_bytes(y)
+        buf = k.as_bytes(y)
         sink(pos, buf)
         pos += len(buf)
         if pos - released >= COPY_BLOCK or pos == op.end:  # the source rows behind pos are read for good
@@ -975,28 +1092,43 @@ def _compute_op(
     if PREFETCH_BYTES:  # the window ahead of the chunk being computed (a matrix's second pass finds it cached)
         _advise(mm, mmap.MADV_WILLNEED, op.begin, asked := min(op.end, op.begin + PREFETCH_BYTES))
 
-    if op.kind == "rows" and helpers is not None:
-        _rows_on_helpers(t.reshape(-1, op.shape[-1]), r_c, _chunk_rows(op.shape[-1]) * group, helpers, emit, acc)
-    elif op.kind == "rows":
+    def on_helpers(fn: Any, starts: range) -> Iterator[Any]:
+        return _in_order(helpers, fn, starts, k)
+
+    if op.kind == "rows":
         d = op.shape[-1]
         flat = t.reshape(-1, d)
         rows = _chunk_rows(d) * group
-        for a in range(0, flat.shape[0], rows):
-            emit(rows_block(flat[a : a + rows].to(dev), r_c, acc))
+
+        def rows_at(a: int) -> tuple[Any, _Acc]:
+            sub = _Acc()
+            return rows_block(k.load(flat[a : a + rows]), k, sub), sub
+
+        for y, sub in on_helpers(rows_at, range(0, flat.shape[0], rows)):
+            emit(y)
+            acc.add(sub)
     else:
         d, m = op.shape[-2], op.shape[-1]
         step = _chunk_rows(m)
         rows = step * group
         for mat in t.reshape(-1, d, m):
+
+            def partials_at(a: int, mat: Any = mat) -> Any:
+                return cols_partials(k.load(mat[a : a + rows]), k.r[a : a + rows], step, k)
+
             s = None
-            for a in range(0, d, rows):  # pass 1: s = rᵀW, partials in a fixed order
-                s = _accumulate(cols_partials(mat[a : a + rows].to(dev), r_c[a : a + rows], step), s)
+            for part in on_helpers(partials_at, range(0, d, rows)):  # pass 1: s = rᵀW, partials in a fixed order
+                s = _accumulate(part, s)
             assert s is not None
             acc.before = acc.before + (s * s).sum()
-            after_vec: Any = 0.0
-            for a in range(0, d, rows):  # pass 2: W − r s, cast back
+
+            def block_at(a: int, mat: Any = mat, s: Any = s) -> tuple[Any, _Acc]:
                 sub = _Acc()
-                emit(cols_block(mat[a : a + rows].to(dev), r_c[a : a + rows], s, sub))
+                return cols_block(k.load(mat[a : a + rows]), k.r[a : a + rows], s, k, sub), sub
+
+            after_vec: Any = 0.0
+            for y, sub in on_helpers(block_at, range(0, d, rows)):  # pass 2: W − r s, cast back
+                emit(y)
                 after_vec = after_vec + sub.after
                 acc.norm = acc.norm + sub.norm
             acc.after = acc.after + (after_vec * after_vec).sum()
@@ -1006,32 +1138,25 @@ def _compute_op(
     return TensorCheck(op.name, op.target, op.dtype, before, after)
 
 
-def _rows_on_helpers(
-    flat: torch.Tensor, r_c: torch.Tensor, rows: int, helpers: ThreadPoolExecutor, emit: Any, acc: _Acc
-) -> None:
-    """``rows_block`` over ``flat`` on the helper threads, emitted in order. Rows are independent, so the bytes
-    are the ones one thread would give; a bounded number of blocks is in flight."""
-    import torch
+def _in_order(helpers: ThreadPoolExecutor | None, fn: Any, starts: range, k: Kernels) -> Iterator[Any]:
+    """``fn(a)`` for each block start, in order: on the helper threads when there are some (blocks are
+    independent, so the results are the ones one thread would give; a bounded number is in flight)."""
+    if helpers is None:
+        yield from map(fn, starts)
+        return
 
-    def one(a: int) -> tuple[torch.Tensor, _Acc]:
-        sub = _Acc()
-        with torch.inference_mode():
-            return rows_block(flat[a : a + rows], r_c, sub), sub
+    def run(a: int) -> Any:
+        with k.mode():  # torch's inference mode is per thread
+            return fn(a)
 
     pending: deque[Future] = deque()
-
-    def drain() -> None:
-        y, sub = pending.popleft().result()
-        emit(y)
-        acc.add(sub)
-
     try:
-        for a in range(0, flat.shape[0], rows):
-            pending.append(helpers.submit(one, a))
-            while pending and (len(pending) > 2 * HELPERS_MAX or pending[0].done()):
-                drain()
+        for a in starts:
+            pending.append(helpers.submit(run, a))
+            while pending and (len(pending) > IN_FLIGHT or pending[0].done()):
+                yield pending.popleft().result()
         while pending:
-            drain()
+            yield pending.popleft().result()
     finally:
         for f in pending:
             f.cancel()
@@ -1087,15 +1212,13 @@ def _advise(mm: mmap.mmap, advice: int, begin: int, end: int) -> None:
             pass
 
 
-def _as_bytes(t: torch.Tensor) -> memoryview:
-    import torch
+def _tensor_over(mm: mmap.mmap, op: TensorOp, torch_view: bool) -> Any:
+    """The op's tensor as a zero-copy view of the memory-mapped shard: a torch tensor or a numpy array."""
+    if not torch_view:
+        import numpy as np
 
-    t = t.detach().to("cpu").contiguous()
-    return memoryview(t.view(torch.uint8).numpy()).cast("B")
-
-
-def _tensor_over(mm: mmap.mmap, op: TensorOp) -> torch.Tensor:
-    """The op's tensor as a zero-copy view of the memory-mapped shard."""
+        dtype = np.dtype(_NP_DTYPES[op.dtype])
+        return np.frombuffer(mm, dtype, op.nbytes // dtype.itemsize, op.begin).reshape(op.shape)
     import torch
 
     with warnings.catch_warnings():
@@ -1177,22 +1300,28 @@ def execute_plan(
                 start(_copy_stream, part)
             start(_hash_into, part, to_hash, hashes)
 
-        import torch
+        use_torch = device != "cpu" or CPU_LIBRARY == "torch"
+        if use_torch:
+            import torch
 
-        device = _resolve_device(device)
+            device = _resolve_device(device)
+            # One intra-op thread: the chunks are cache-sized, where OpenMP fan-out costs more than it gives
+            # (and collapses on a busy machine); the other streams use the other cores.
+            threads_before = torch.get_num_threads()
+            torch.set_num_threads(1)
         vec = direction() if callable(direction) else direction
-        if int(vec.numel()) != plan.hidden_size:
-            raise HubkitError(f"direction has d={vec.numel()}, the checkpoint's hidden size is {plan.hidden_size}")
+        n = int(vec.numel()) if hasattr(vec, "numel") else int(vec.size)
+        if n != plan.hidden_size:
+            raise HubkitError(f"direction has d={n}, the checkpoint's hidden size is {plan.hidden_size}")
         r64 = _unit(vec)
-        r_by_dtype = {code: r64.to(compute_dtype(code)).to(device) for code in {op.dtype for op in plan.ops}}
-        # One intra-op thread: the chunks are cache-sized, where OpenMP fan-out costs more than it gives (and
-        # collapses on a busy machine); the other streams use the other cores.
-        threads_before = torch.get_num_threads()
-        torch.set_num_threads(1)
-        n_helpers = row_helpers() if device == "cpu" else 1
-        helpers = ThreadPoolExecutor(n_helpers, thread_name_prefix="hubkit-rows") if n_helpers > 1 else None
+        kernels: dict[str, Kernels] = {
+            code: TorchKernels(code, r64, device) if use_torch else NumpyKernels(code, r64)
+            for code in {op.dtype for op in plan.ops}
+        }
+        n_helpers = compute_helpers() if device == "cpu" else 1
+        helpers = ThreadPoolExecutor(n_helpers, thread_name_prefix="hubkit-blocks") if n_helpers > 1 else None
         for part, to_hash, computed in parts:
-            start(_compute_ops, part, r_by_dtype, group, to_hash if dst is None else computed, checks, helpers)
+            start(_compute_ops, part, kernels, group, to_hash if dst is None else computed, checks, helpers)
             if dst is not None:
                 start(_write_stream, part, computed, to_hash)
         while any(w.is_alive() for w in workers):  # a timed join, so Ctrl-C reaches this thread
@@ -1238,11 +1367,11 @@ def parallel_pipelines() -> int:
     return max(1, min(MAX_PIPELINES, _cpus() // 3))
 
 
-def row_helpers() -> int:
-    """Threads for a ``rows`` op on CPU: a quarter of the cores (at most HELPERS_MAX), none below eight cores,
-    where the pipelines already keep every core busy."""
+def compute_helpers() -> int:
+    """Threads that compute blocks on CPU: half the cores (at most HELPERS_MAX), none below eight cores, where
+    the pipelines already keep every core busy. The array library releases the GIL inside each operation."""
     cpus = _cpus()
-    return min(HELPERS_MAX, cpus // 4) if cpus >= 8 else 1
+    return min(HELPERS_MAX, cpus // 2) if cpus >= 8 else 1
 
 
 def _partition(shards: list[_Shard], n: int) -> list[list[_Shard]]:

@@ -8,7 +8,6 @@ layer named ``layer.<i>`` and string metadata, so downstream users need neither 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -259,8 +258,9 @@ def _as_tensor(v: Any, where: str) -> torch.Tensor:
     return v.detach().to(torch.float32).contiguous().clone()
 
 
-def _check_values(layers: dict[int, torch.Tensor], where: str) -> None:
-    import torch
+def _check_values(layers: dict[int, Any], where: str) -> None:
+    """Same d everywhere, finite, non-zero, non-negative layer ids; torch tensors or numpy vectors."""
+    import numpy as np
 
     ds = {int(t.shape[0]) for t in layers.values()}
     if len(ds) > 1:
@@ -270,9 +270,10 @@ def _check_values(layers: dict[int, torch.Tensor], where: str) -> None:
         parts = ", ".join(f"d={d} (layer {i})" for d, i in sorted(by_d.items()))
         raise DirectionError(f"{where}: mixed d across layers: {parts}")
     for i, t in layers.items():
-        if not bool(torch.isfinite(t).all()):
+        v = np.asarray(t.detach().to("cpu").double().numpy() if hasattr(t, "detach") else t, dtype=np.float64)
+        if not np.isfinite(v).all():
             raise DirectionError(f"{where}: layer {i} has non-finite values (NaN or inf)")
-        if float(t.double().norm()) == 0.0 or not math.isfinite(float(t.double().norm())):
+        if not (v != 0).any():
             raise DirectionError(f"{where}: layer {i} is the zero vector")
         if i < 0:
             raise DirectionError(f"{where}: negative layer index {i}")
@@ -314,33 +315,65 @@ def write_canonical(ds: DirectionSet, path: str | Path) -> None:
     path.write_bytes(canonical_bytes(ds))
 
 
-def canonical_layout(path: str | Path, display: str | None = None) -> tuple[dict[str, str], dict[int, int]]:
-    """A canonical file's metadata and ``{layer: d}``, from its header alone.
-
-    Needs no torch: ``regenerate`` checks a recipe against the base and starts moving bytes before torch is
-    imported (seconds on a GPU machine), and reads the vector itself (:func:`read_canonical`) only then.
-    """
+def _canonical_header(path: str | Path, where: str) -> tuple[dict[str, str], dict[int, tuple[str, dict]], int]:
     from .abliterate import read_header
     from .errors import PlanError
 
-    where = display or str(path)
     try:
-        header, _ = read_header(Path(path))
+        header, start = read_header(Path(path))
     except PlanError as e:  # its message names the real path; show the repo-relative one
         raise DirectionError(f"{where}: {first_line(e).removeprefix(f'{path}: ')}") from e
     raw_meta = header.pop("__metadata__", None) or {}
-    dims: dict[int, int] = {}
+    entries: dict[int, tuple[str, dict]] = {}
     for key, info in header.items():
         shape = info.get("shape") if isinstance(info, dict) else None
         if not isinstance(shape, list) or len(shape) != 1:
             raise DirectionError(f"{where}: tensor '{key}' has shape {shape}, a direction is one [d] vector a layer")
-        dims[_layer_key(key, where)] = int(shape[0])
-    if not dims:
+        entries[_layer_key(key, where)] = (key, info)
+    if not entries:
         raise DirectionError(f"{where}: no tensors")
+    dims = {i: int(info["shape"][0]) for i, (_, info) in entries.items()}
     if len(set(dims.values())) > 1:
         parts = ", ".join(f"d={d} (layer {i})" for d, i in sorted({d: i for i, d in sorted(dims.items())}.items()))
         raise DirectionError(f"{where}: mixed d across layers: {parts}")
-    return {str(k): str(v) for k, v in raw_meta.items()}, dict(sorted(dims.items()))
+    return {str(k): str(v) for k, v in raw_meta.items()}, dict(sorted(entries.items())), start
+
+
+def canonical_layout(path: str | Path, display: str | None = None) -> tuple[dict[str, str], dict[int, int]]:
+    """A canonical file's metadata and ``{layer: d}``, from its header alone.
+
+    Needs no torch: ``regenerate`` checks a recipe against the base and starts moving bytes first, and reads
+    the vector itself (:func:`canonical_vector`) only when the compute starts.
+    """
+    meta, entries, _ = _canonical_header(path, display or str(path))
+    return meta, {i: int(info["shape"][0]) for i, (_, info) in entries.items()}
+
+
+_NUMPY_FLOATS = {"F32": "<f4", "F64": "<f8", "F16": "<f2"}
+
+
+def canonical_vector(path: str | Path, layer: int, display: str | None = None) -> Any:
+    """One layer of a canonical file as a float32 numpy vector, checked like :func:`read_canonical` checks
+    every layer; torch-free, so a CPU ``regenerate`` never imports torch."""
+    import numpy as np
+
+    where = display or str(path)
+    _, entries, start = _canonical_header(path, where)
+    if layer not in entries:
+        raise DirectionError(f"{where}: no layer {layer}; has {layer_span(list(entries), 'none')}")
+    key, info = entries[layer]
+    dtype = _NUMPY_FLOATS.get(info.get("dtype"))
+    if dtype is None:
+        raise DirectionError(f"{where}: tensor '{key}' is {info.get('dtype')}; a direction file holds F32, F64 or F16")
+    b, e = info["data_offsets"]
+    with open(path, "rb") as f:
+        f.seek(start + b)
+        raw = f.read(e - b)
+    if len(raw) != e - b or (e - b) != int(info["shape"][0]) * np.dtype(dtype).itemsize:
+        raise DirectionError(f"{where}: tensor '{key}' has {len(raw)} bytes of data, its header says {e - b}")
+    vec = np.frombuffer(raw, dtype).astype(np.float32)
+    _check_values({layer: vec}, where)
+    return vec
 
 
 def read_canonical(path: str | Path, display: str | None = None) -> DirectionSet:

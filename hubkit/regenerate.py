@@ -39,7 +39,6 @@ from .package import sha256_file
 from .tables import read_json_object
 
 if TYPE_CHECKING:
-    import torch
 
     from .run import Run
 
@@ -78,7 +77,8 @@ class Recipe:
     """
 
     direction_name: str
-    load_direction: Callable[[], torch.Tensor] = field(repr=False, compare=False)  # float32 [d], as stored
+    # float32 [d] as stored: numpy from a canonical file (torch-free), torch from a run folder
+    load_direction: Callable[[], Any] = field(repr=False, compare=False)
     d: int
     direction_file: str  # as shown to users (repo-relative path)
     layer: int
@@ -93,10 +93,11 @@ class Recipe:
     title: str | None = None
 
     @cached_property
-    def direction(self) -> torch.Tensor:
+    def direction(self) -> Any:
         vec = self.load_direction()
-        if int(vec.numel()) != self.d:
-            raise HubkitError(f"{self.direction_file}: direction has d={vec.numel()}, its header said {self.d}")
+        n = int(vec.numel()) if hasattr(vec, "numel") else int(vec.size)
+        if n != self.d:
+            raise HubkitError(f"{self.direction_file}: direction has d={n}, its header said {self.d}")
         return vec
 
 
@@ -114,7 +115,7 @@ def recipe_from_meta(
     fetch: Any = None,
 ) -> Recipe:
     """Parse ``hubkit.json``; ``fetch(path) -> Path`` gets a repo file (local root or Hub download)."""
-    from .directions import canonical_layout, read_canonical, to_block_index
+    from .directions import canonical_layout, canonical_vector, to_block_index
 
     regen = meta.get("regenerate")
     if not isinstance(regen, dict):
@@ -148,7 +149,7 @@ def recipe_from_meta(
     run = meta.get("run") or {}
     return Recipe(
         direction_name=str(name),
-        load_direction=lambda: read_canonical(path, display=rel).vector(key),
+        load_direction=lambda: canonical_vector(path, key, display=rel),
         d=dims[key],
         direction_file=rel,
         layer=layer,

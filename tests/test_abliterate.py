@@ -14,6 +14,7 @@ import struct
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -398,11 +399,15 @@ def test_deterministic_and_device_blocking_invariant(
     one = single.shards_sha256
     monkeypatch.setattr(ab, "parallel_pipelines", lambda: 3)  # shards streamed side by side
     assert ab.execute_plan(sharded, ckpts["qwen3_5"], None, r, progress=False).shards_sha256 == one
-    monkeypatch.setattr(ab, "row_helpers", lambda: 3)  # the embedding's blocks computed side by side
+    monkeypatch.setattr(ab, "compute_helpers", lambda: 3)  # blocks computed side by side
+    monkeypatch.setattr(ab, "IN_FLIGHT", 2)
     helped = ab.execute_plan(sharded, ckpts["qwen3_5"], None, r, progress=False)
     assert helped.shards_sha256 == one
     assert [(c.name, round(c.before, 5)) for c in helped.checks] == [(c.name, round(c.before, 5)) for c in single.checks]
     assert all(c.ok for c in helped.checks)
+    monkeypatch.setattr(ab, "CPU_LIBRARY", "torch")  # the CPU run computed with torch instead of numpy
+    assert ab.execute_plan(sharded, ckpts["qwen3_5"], None, r, progress=False).shards_sha256 == one
+    monkeypatch.setattr(ab, "CPU_LIBRARY", "numpy")
     monkeypatch.setattr(ab, "_resolve_device", lambda device: "cpu")
     monkeypatch.setattr(ab, "CUDA_GROUP", 7)  # the CUDA path's blocking (7 chunks per block), run on the CPU
     grouped = ab.execute_plan(plan, src, None, r, device="cuda", progress=False).shards_sha256
@@ -419,12 +424,56 @@ def test_deterministic_and_device_blocking_invariant(
         assert torch.equal(ab.orthogonalize(base[op.name], r, op.kind), new[op.name]), op.name
 
 
-def test_tree_sum_is_a_fixed_pairwise_order() -> None:
+@pytest.mark.parametrize("lib", ["numpy", "torch"])
+def test_tree_sum_is_a_fixed_pairwise_order(lib: str) -> None:
+    k = ab.NumpyKernels("F32", np.ones(1)) if lib == "numpy" else ab.TorchKernels("F32", np.ones(1))
     x = torch.tensor([[1e8, 1.0, -1e8, 1.0, 3.0]], dtype=torch.float32)
     # ((x0 + x2) + (x1 + x3)) + x4, as the halving defines it
-    assert float(ab.tree_sum(x, 1)[0]) == float((x[0, 0] + x[0, 2]) + (x[0, 1] + x[0, 3]) + x[0, 4])
+    want = float((x[0, 0] + x[0, 2]) + (x[0, 1] + x[0, 3]) + x[0, 4])
     y = torch.randn(37, 5, dtype=torch.float64)
-    assert torch.allclose(ab.tree_sum(y, 0), y.sum(0))
+    if lib == "numpy":
+        x, y = x.numpy(), y.numpy()
+    assert float(ab.tree_sum(x, 1, k)[0]) == want != float(x.sum())
+    assert np.allclose(np.asarray(ab.tree_sum(y, 0, k)), np.asarray(y.sum(0)))
+
+
+def _awkward(code: str, n: int = 4096) -> torch.Tensor:
+    """Storage values that stress the rounding: ties, subnormals, near-overflow, both signs."""
+    dtype = ab._torch_dtype(code)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(n, generator=g, dtype=torch.float64) * torch.logspace(-30, 30, n, dtype=torch.float64)
+    info = torch.finfo(dtype)
+    x[:8] = torch.tensor([info.tiny / 3, -info.tiny / 5, info.max / 2, -info.max / 3, 0.0, -0.0, 1.0, 3.0])
+    return x.clamp(-info.max, info.max).to(dtype)
+
+
+@pytest.mark.parametrize("code", ["BF16", "F16", "F32", "F64"])
+def test_numpy_and_torch_kernels_give_the_same_bytes(code: str) -> None:
+    """The CPU path (numpy) and the CUDA path (torch) share the math; their casts and results must agree."""
+    r64 = ab._unit(torch.randn(64, generator=torch.Generator().manual_seed(9)))
+    kn, kt = ab.NumpyKernels(code, r64), ab.TorchKernels(code, r64)
+    assert np.array_equal(kn.r, kt.r.numpy())
+    w = _awkward(code).reshape(64, 64)
+    wn = w.view(torch.int16).numpy().view("<u2") if code == "BF16" else w.numpy()
+
+    def same(a: object, b: torch.Tensor) -> bool:
+        return bytes(kn.as_bytes(a)) == bytes(kt.as_bytes(b))
+
+    compute = kt.up(w) * 1.000001  # values between storage steps: every rounding case of the downcast
+    assert np.array_equal(kn.up(wn), kt.up(w).numpy())
+    assert same(kn.down(compute.numpy()), kt.down(compute))
+    assert same(ab.rows_block(wn, kn), ab.rows_block(w, kt))
+    pn, pt = ab.cols_partials(wn, kn.r, 5, kn), ab.cols_partials(w, kt.r, 5, kt)
+    assert np.array_equal(pn, pt.numpy())
+    sn, st = ab._accumulate(pn, None), ab._accumulate(pt, None)
+    assert same(ab.cols_block(wn, kn.r, sn, kn), ab.cols_block(w, kt.r, st, kt))
+
+
+def test_bf16_rounding_is_to_nearest_even() -> None:
+    k = ab.NumpyKernels("BF16", np.ones(1))
+    bits = np.array([0x3F808000, 0x3F818000, 0x3F808001, 0x7F7FFFFF, 0x00000001, 0x7FC00001], dtype=np.uint32)
+    # tie → even (down), tie → even (up), above the tie → up, overflow → inf, subnormal → 0, NaN → 0x7FC0
+    assert k.down(bits.view(np.float32)).tolist() == [0x3F80, 0x3F82, 0x3F81, 0x7F80, 0x0000, 0x7FC0]
 
 
 @pytest.mark.parametrize(
