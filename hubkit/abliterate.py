@@ -565,6 +565,8 @@ class Kernels:
     """
 
     r: Any
+    where = "cpu"  # the device the arithmetic runs on
+    group = 1  # compute chunks per block: few on CPU (cache-sized), many on CUDA (to fill the device)
 
     def up(self, x: Any) -> Any:  # storage → compute dtype (exact)
         raise NotImplementedError
@@ -596,7 +598,7 @@ class NumpyKernels(Kernels):
     def __init__(self, code: str, r64: Any):
         import numpy as np
 
-        self.np, self.code = np, code
+        self.np, self.code, self.group = np, code, CPU_GROUP
         self.storage = _NP_DTYPES[code]
         self.r = r64.astype(np.float32 if code in ("BF16", "F16") else np.float64)
 
@@ -640,11 +642,12 @@ class NumpyKernels(Kernels):
 class TorchKernels(Kernels):
     """torch arithmetic on ``device`` (CUDA, or the CPU for :func:`orthogonalize` on tensors)."""
 
-    def __init__(self, code: str, r64: Any, device: str = "cpu"):
+    def __init__(self, code: str, r64: Any, device: str = "cpu", group: int | None = None):
         import torch
 
         self.torch = torch
-        self.storage, self.device = _torch_dtype(code), device
+        self.storage, self.device, self.where = _torch_dtype(code), device, device
+        self.group = group or CPU_GROUP
         self.r = torch.from_numpy(r64).to(compute_dtype(code)).to(device)
 
     def up(self, x: Any) -> Any:
@@ -809,6 +812,7 @@ class TensorCheck:
     dtype: str
     before: float
     after: float
+    device: str = "cpu"  # where it was computed
 
     @property
     def threshold(self) -> float:
@@ -831,6 +835,14 @@ class ExecutionResult:
     @property
     def all_orthogonal(self) -> bool:
         return all(c.ok for c in self.checks)
+
+    @property
+    def devices(self) -> dict[str, int]:
+        """Tensors computed per device (a CUDA run computes on the CPU until the GPU is ready)."""
+        out: dict[str, int] = {}
+        for c in self.checks:
+            out[c.device] = out.get(c.device, 0) + 1
+        return out
 
 
 class _Stop(Exception):
@@ -1007,13 +1019,33 @@ def _pwrite_all(fd: int, mm: mmap.mmap, a: int, b: int) -> None:
         pos += os.pwrite(fd, memoryview(mm)[pos : min(b, pos + COPY_BLOCK)], pos)
 
 
+class _Compute:
+    """The kernels the compute streams use for their next tensor: the CPU's, until a GPU's are ready."""
+
+    def __init__(self, cpu: dict[str, Kernels], helpers: ThreadPoolExecutor | None):
+        self.cpu, self.helpers = cpu, helpers
+        self.gpu: dict[str, Kernels] | None = None  # set once by _start_gpu
+
+    def for_op(self, op: TensorOp) -> tuple[Kernels, ThreadPoolExecutor | None]:
+        gpu = self.gpu
+        return (gpu[op.dtype], None) if gpu is not None else (self.cpu[op.dtype], self.helpers)
+
+
+def _start_gpu(compute: _Compute, r64: Any, device: str, shared: _Shared) -> None:
+    """Import torch, check the device and hand its kernels to the compute streams (which meanwhile compute on
+    the CPU: the bytes are the same, and torch's CUDA build takes 4-6 s to import on the H100 machine)."""
+    try:
+        device = _resolve_device(device)
+        compute.gpu = {code: TorchKernels(code, r64, device, CUDA_GROUP) for code in compute.cpu}
+    except BaseException as e:  # noqa: BLE001 - handed to the main thread
+        shared.fail(e)
+
+
 def _compute_ops(
     shards: list[_Shard],
-    kernels: dict[str, Kernels],
-    group: int,
+    compute: _Compute,
     out: queue.Queue,
     checks: list[TensorCheck],
-    helpers: ThreadPoolExecutor | None,
     shared: _Shared,
 ) -> None:
     """Stream 2: every op of every shard in file order; output chunks go on through ``out`` (to the writer, or
@@ -1021,18 +1053,10 @@ def _compute_ops(
     try:
         for sh in shards:
             for op in sh.ops:
-                with kernels[op.dtype].mode():
-                    checks.append(
-                        _compute_op(
-                            op,
-                            sh.mm,
-                            kernels[op.dtype],
-                            group,
-                            lambda at, buf: _put(out, (at, buf), shared),
-                            shared,
-                            helpers,
-                        )
-                    )
+                k, helpers = compute.for_op(op)
+                with k.mode():
+                    sink = lambda at, buf: _put(out, (at, buf), shared)  # noqa: E731
+                    checks.append(_compute_op(op, sh.mm, k, sink, shared, helpers))
     except BaseException as e:  # noqa: BLE001 - handed to the main thread
         shared.fail(e)
 
@@ -1060,15 +1084,14 @@ def _compute_op(
     op: TensorOp,
     mm: mmap.mmap,
     k: Kernels,
-    group: int,
     sink: Any,
     shared: _Shared,
     helpers: ThreadPoolExecutor | None = None,
 ) -> TensorCheck:
     """Orthogonalize one tensor block by block; each output block is handed on with its byte offset.
 
-    ``group`` chunks are computed per block (few on CPU, to stay in cache; many on CUDA, to fill the device);
-    chunk boundaries themselves depend on the shape only, so the bytes don't depend on ``group``. ``helpers``
+    ``k.group`` chunks are computed per block (few on CPU, to stay in cache; many on CUDA, to fill the device);
+    chunk boundaries themselves depend on the shape only, so the bytes don't depend on the group. ``helpers``
     (CPU, many cores) compute the blocks side by side: with one thread per shard the compute was the critical
     path on a 16-core machine while most cores idled.
     """
@@ -1098,7 +1121,7 @@ def _compute_op(
     if op.kind == "rows":
         d = op.shape[-1]
         flat = t.reshape(-1, d)
-        rows = _chunk_rows(d) * group
+        rows = _chunk_rows(d) * k.group
 
         def rows_at(a: int) -> tuple[Any, _Acc]:
             sub = _Acc()
@@ -1110,7 +1133,7 @@ def _compute_op(
     else:
         d, m = op.shape[-2], op.shape[-1]
         step = _chunk_rows(m)
-        rows = step * group
+        rows = step * k.group
         for mat in t.reshape(-1, d, m):
 
             def partials_at(a: int, mat: Any = mat) -> Any:
@@ -1135,7 +1158,7 @@ def _compute_op(
     assert pos == op.end, (op.name, pos, op.end)
     del t
     before, after = acc.ratios()
-    return TensorCheck(op.name, op.target, op.dtype, before, after)
+    return TensorCheck(op.name, op.target, op.dtype, before, after, k.where)
 
 
 def _in_order(helpers: ThreadPoolExecutor | None, fn: Any, starts: range, k: Kernels) -> Iterator[Any]:
@@ -1254,19 +1277,21 @@ def execute_plan(
 
     Each group of shards (one per three cores, see :func:`parallel_pipelines`) gets four streams: a copier
     moves the untouched ranges inside the kernel (``copy_file_range``), a compute thread orthogonalizes the
-    targeted tensors chunk by chunk, a writer writes the computed chunks, and a hasher hashes each shard in file
-    order (untouched bytes from the source map, computed chunks passed on by the writer). The copiers and
-    hashers start first and need no torch: ``direction`` may be a callable, called (and torch imported, CUDA
-    initialized) while they already move bytes. ``dst_dir=None`` only hashes (what
-    ``publish --record-regeneration`` needs). Shards are fsynced at the end; the caller makes ``dst_dir``
-    appear atomically (see :func:`staging_dir`).
+    targeted tensors block by block (on helper threads when cores are to spare), a writer writes the computed
+    blocks, and a hasher hashes each shard in file order (untouched bytes from the source map, computed blocks
+    passed on by the writer). The copiers and hashers start first; ``direction`` may be a callable, called
+    while they already move bytes. CPU runs compute with numpy and never import torch; with ``device="cuda"``
+    the compute starts on the CPU all the same and moves to the GPU, tensor by tensor, once torch is imported
+    and the device is up (the bytes are the same either way; :attr:`ExecutionResult.devices` says which did
+    what). ``dst_dir=None`` only hashes (what ``publish --record-regeneration`` needs). Shards are fsynced at
+    the end; the caller makes ``dst_dir`` appear atomically (see :func:`staging_dir`).
     """
     from tqdm.auto import tqdm
 
     device = _check_device(device)
     src_dir = Path(src_dir)
     dst = None if dst_dir is None else Path(dst_dir)
-    group = CPU_GROUP if device == "cpu" else CUDA_GROUP
+    group = CPU_GROUP if device == "cpu" else max(CPU_GROUP, CUDA_GROUP)  # the largest blocks, for the queues
     bar = tqdm(
         total=plan.total_bytes,
         unit="B",
@@ -1295,33 +1320,34 @@ def execute_plan(
         parts = [(part, queue.Queue(maxsize=depth), queue.Queue(maxsize=depth))
                  for part in _partition(shards, parallel_pipelines())]
         flusher.start()
-        for part, to_hash, _ in parts:  # torch-free: bytes move while torch is imported below
+        for part, to_hash, _ in parts:  # torch-free: bytes move before the direction is even read
             if dst is not None:
                 start(_copy_stream, part)
             start(_hash_into, part, to_hash, hashes)
 
-        use_torch = device != "cpu" or CPU_LIBRARY == "torch"
-        if use_torch:
-            import torch
-
-            device = _resolve_device(device)
-            # One intra-op thread: the chunks are cache-sized, where OpenMP fan-out costs more than it gives
-            # (and collapses on a busy machine); the other streams use the other cores.
-            threads_before = torch.get_num_threads()
-            torch.set_num_threads(1)
         vec = direction() if callable(direction) else direction
         n = int(vec.numel()) if hasattr(vec, "numel") else int(vec.size)
         if n != plan.hidden_size:
             raise HubkitError(f"direction has d={n}, the checkpoint's hidden size is {plan.hidden_size}")
         r64 = _unit(vec)
-        kernels: dict[str, Kernels] = {
-            code: TorchKernels(code, r64, device) if use_torch else NumpyKernels(code, r64)
-            for code in {op.dtype for op in plan.ops}
+        dtypes = {op.dtype for op in plan.ops}
+        if CPU_LIBRARY == "torch":
+            import torch
+
+            # One intra-op thread: the chunks are cache-sized, where OpenMP fan-out costs more than it gives
+            # (and collapses on a busy machine); the other streams use the other cores.
+            threads_before = torch.get_num_threads()
+            torch.set_num_threads(1)
+        cpu: dict[str, Kernels] = {
+            code: TorchKernels(code, r64) if CPU_LIBRARY == "torch" else NumpyKernels(code, r64) for code in dtypes
         }
-        n_helpers = compute_helpers() if device == "cpu" else 1
+        n_helpers = compute_helpers()
         helpers = ThreadPoolExecutor(n_helpers, thread_name_prefix="hubkit-blocks") if n_helpers > 1 else None
+        compute = _Compute(cpu, helpers)
+        if device != "cpu":
+            start(_start_gpu, compute, r64, device)
         for part, to_hash, computed in parts:
-            start(_compute_ops, part, kernels, group, to_hash if dst is None else computed, checks, helpers)
+            start(_compute_ops, part, compute, to_hash if dst is None else computed, checks)
             if dst is not None:
                 start(_write_stream, part, computed, to_hash)
         while any(w.is_alive() for w in workers):  # a timed join, so Ctrl-C reaches this thread

@@ -457,6 +457,9 @@ def regenerate(
     out = Path(out)
     with staging_dir(out, overwrite=overwrite) as tmp:
         result = execute_plan(plan, base.path, tmp, lambda: recipe.direction, device=device, progress=progress)
+        if device != "cpu":
+            done = ", ".join(f"{n} on {where}" for where, n in sorted(result.devices.items()))
+            notes.append(f"tensors computed: {done} (the CPU computes until the GPU is up; same bytes either way)")
         for pattern in _COPIED:
             for f in sorted(base.path.glob(pattern)):
                 if f.is_file():

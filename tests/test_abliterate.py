@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import threading
 import time
 from pathlib import Path
 
@@ -534,6 +535,40 @@ def test_untouched_bytes_move_before_the_direction_is_loaded(ckpts: dict[str, Pa
     lazy = ab.execute_plan(plan, src, out, loader, progress=False)
     assert waited == [True], "the untouched bytes were not copied while the direction was being loaded"
     assert lazy.shards_sha256 == ab.execute_plan(plan, src, None, _r(), progress=False).shards_sha256
+
+
+def test_a_cuda_run_computes_on_the_cpu_until_the_gpu_is_ready(
+    ckpts: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The GPU (stood in for by torch on the CPU) takes over mid-run; the bytes are those of a CPU run."""
+    src = ckpts["qwen3_5"]
+    plan = ab.plan_checkpoint(src)
+    cpu_run = ab.execute_plan(plan, src, None, _r(), progress=False)
+    used: list[str] = []
+    real_op = ab._compute_op
+    gpu_up = threading.Event()
+
+    def op(op, mm, k, *args, **kwargs):
+        used.append(type(k).__name__)
+        if len(used) == 3:  # give the "GPU" time to come up before the next tensor
+            assert gpu_up.wait(20)
+            time.sleep(0.3)
+        return real_op(op, mm, k, *args, **kwargs)
+
+    def slow_gpu(device: str) -> str:  # ready only after the CPU has computed a few tensors
+        deadline = time.monotonic() + 20
+        while len(used) < 3 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        gpu_up.set()
+        return "cpu"
+
+    monkeypatch.setattr(ab, "_compute_op", op)
+    monkeypatch.setattr(ab, "_resolve_device", slow_gpu)
+    monkeypatch.setattr(ab, "CUDA_GROUP", 5)
+    mixed = ab.execute_plan(plan, src, None, _r(), device="cuda", progress=False)
+    assert mixed.shards_sha256 == cpu_run.shards_sha256
+    assert used.count("NumpyKernels") >= 3 and used.count("TorchKernels") >= 1, used
+    assert sum(mixed.devices.values()) == len(plan.ops)
 
 
 def test_a_failing_direction_loader_leaves_nothing(ckpts: dict[str, Path], tmp_path: Path) -> None:
