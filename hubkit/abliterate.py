@@ -593,7 +593,7 @@ class Kernels:
 class NumpyKernels(Kernels):
     """CPU arithmetic with numpy, so a CPU run never imports torch (seconds of a run on a GPU machine's CUDA
     build). bfloat16, which numpy lacks, is kept as its uint16 bits: the upcast is a shift, the downcast the
-    integer round-to-nearest-even that torch's CPU kernels use (NaN becomes 0x7FC0)."""
+    integer round-to-nearest-even of torch's conversions (NaN becomes 0x7FC0, the canonical quiet NaN)."""
 
     def __init__(self, code: str, r64: Any):
         import numpy as np

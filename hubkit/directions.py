@@ -262,13 +262,7 @@ def _check_values(layers: dict[int, Any], where: str) -> None:
     """Same d everywhere, finite, non-zero, non-negative layer ids; torch tensors or numpy vectors."""
     import numpy as np
 
-    ds = {int(t.shape[0]) for t in layers.values()}
-    if len(ds) > 1:
-        by_d = {}
-        for i, t in layers.items():
-            by_d.setdefault(int(t.shape[0]), i)
-        parts = ", ".join(f"d={d} (layer {i})" for d, i in sorted(by_d.items()))
-        raise DirectionError(f"{where}: mixed d across layers: {parts}")
+    _check_same_d({i: int(t.shape[0]) for i, t in layers.items()}, where)
     for i, t in layers.items():
         v = np.asarray(t.detach().to("cpu").double().numpy() if hasattr(t, "detach") else t, dtype=np.float64)
         if not np.isfinite(v).all():
@@ -277,6 +271,15 @@ def _check_values(layers: dict[int, Any], where: str) -> None:
             raise DirectionError(f"{where}: layer {i} is the zero vector")
         if i < 0:
             raise DirectionError(f"{where}: negative layer index {i}")
+
+
+def _check_same_d(dims: dict[int, int], where: str) -> None:
+    if len(set(dims.values())) > 1:
+        by_d: dict[int, int] = {}
+        for i, d in sorted(dims.items()):
+            by_d.setdefault(d, i)
+        parts = ", ".join(f"d={d} (layer {i})" for d, i in sorted(by_d.items()))
+        raise DirectionError(f"{where}: mixed d across layers: {parts}")
 
 
 def canonical_bytes(ds: DirectionSet) -> bytes:
@@ -332,10 +335,7 @@ def _canonical_header(path: str | Path, where: str) -> tuple[dict[str, str], dic
         entries[_layer_key(key, where)] = (key, info)
     if not entries:
         raise DirectionError(f"{where}: no tensors")
-    dims = {i: int(info["shape"][0]) for i, (_, info) in entries.items()}
-    if len(set(dims.values())) > 1:
-        parts = ", ".join(f"d={d} (layer {i})" for d, i in sorted({d: i for i, d in sorted(dims.items())}.items()))
-        raise DirectionError(f"{where}: mixed d across layers: {parts}")
+    _check_same_d({i: int(info["shape"][0]) for i, (_, info) in entries.items()}, where)
     return {str(k): str(v) for k, v in raw_meta.items()}, dict(sorted(entries.items())), start
 
 

@@ -39,7 +39,6 @@ from .package import sha256_file
 from .tables import read_json_object
 
 if TYPE_CHECKING:
-
     from .run import Run
 
 HUBKIT_JSON = "hubkit.json"
