@@ -28,12 +28,9 @@ from types import SimpleNamespace
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 T0 = time.perf_counter()
-STREAMS = ["_copy_stream", "_compute_ops", "_write_stream", "_hash_into"]
+STREAMS = ["_copy_stream", "_compute_ops", "_write_stream", "_hash_into"]  # busy time and timeline
 WRAPPED = [
-    "_compute_ops",
-    "_copy_stream",
-    "_copy_stream",
-    "_write_stream",
+    *STREAMS,
     "_hash_stream",
     "_copy_range",
     "_pwrite_buf",
@@ -120,31 +117,24 @@ def main() -> None:
     spans: list[tuple[str, float, float]] = []
     lock = threading.Lock()
 
-    def spanned(name, fn):
+    def timed(name, fn, span=False):
+        """Add each call's seconds to ``busy[name]``; with ``span``, also record when it ran (the timeline)."""
+
         def wrapper(*a, **k):
             t = time.perf_counter()
             try:
                 return fn(*a, **k)
             finally:
-                spans.append((name, t - T0, time.perf_counter() - T0))
-
-        return wrapper
-
-    def timed(name, fn):
-        def wrapper(*a, **k):
-            t = time.perf_counter()
-            try:
-                return fn(*a, **k)
-            finally:
+                end = time.perf_counter()
                 with lock:
-                    busy[name] = busy.get(name, 0.0) + time.perf_counter() - t
+                    busy[name] = busy.get(name, 0.0) + end - t
+                    if span:
+                        spans.append((name, t - T0, end - T0))
 
         return wrapper
 
     for name in WRAPPED:
-        setattr(ab, name, timed(name, getattr(ab, name)))
-    for name in STREAMS:
-        setattr(ab, name, spanned(name, getattr(ab, name)))
+        setattr(ab, name, timed(name, getattr(ab, name), span=name in STREAMS))
     if args.pipelines:
         ab.parallel_pipelines = lambda: args.pipelines
     plan = ab.plan_checkpoint(args.checkpoint)
@@ -159,7 +149,7 @@ def main() -> None:
         torch.zeros(1, device=args.device)  # the CUDA context, which the run would create next
         return torch.randn(plan.hidden_size, generator=torch.Generator().manual_seed(0))
 
-    r = spanned("direction (import torch, CUDA init)", direction)
+    r = timed("direction (import torch, CUDA init)", direction, span=True)
     out = Path(tempfile.mkdtemp(dir=args.checkpoint.parent)) / "out"
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
     t = time.perf_counter()
