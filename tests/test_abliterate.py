@@ -580,6 +580,27 @@ def test_a_failing_direction_loader_leaves_nothing(ckpts: dict[str, Path], tmp_p
     assert os.listdir(tmp_path) == []
 
 
+def test_a_failing_helper_thread_stops_the_run_and_leaves_nothing(
+    ckpts: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A block computed on a helper thread raises: the error reaches the caller, no folder is left."""
+    real, calls = ab.cols_block, []
+
+    def dies(*args, **kwargs):
+        calls.append(threading.current_thread().name)
+        if len(calls) == 5:
+            raise FloatingPointError("block 5 failed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ab, "compute_helpers", lambda: 3)
+    monkeypatch.setattr(ab, "CPU_GROUP", 1)
+    monkeypatch.setattr(ab, "cols_block", dies)
+    with pytest.raises(FloatingPointError, match="block 5 failed"):
+        ab.abliterate_checkpoint(ckpts["qwen3_5"], tmp_path / "out", _r(), progress=False)
+    assert all(name.startswith("hubkit-blocks") for name in calls)
+    assert os.listdir(tmp_path) == []
+
+
 def test_existing_output_is_not_clobbered(ckpts: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
