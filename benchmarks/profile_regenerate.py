@@ -1,7 +1,7 @@
 """Where a regeneration's time goes: busy seconds per stream and per kernel of hubkit.abliterate.
 
     python benchmarks/profile_regenerate.py CHECKPOINT_DIR [--device cpu|cuda] [--pipelines N] [--group G]
-        [--prefetch BYTES] [--library numpy|torch] [--cold] [--processes N]
+        [--prefetch BYTES] [--library numpy|torch] [--gpu-helpers] [--light-cpu] [--cold] [--processes N]
 
 Wraps the executor's functions with timers (no change to hubkit itself) and prints wall, user and sys time,
 peak RSS and the busy time of each stream (compute, write, hash) and of the heavy functions inside them.
@@ -93,10 +93,18 @@ def main() -> None:
     ap.add_argument("--prefetch", type=int, default=None, help="PREFETCH_BYTES (0: off)")
     ap.add_argument("--helpers", type=int, default=None, help="threads computing blocks on CPU (1: none)")
     ap.add_argument("--library", default=None, help="CPU_LIBRARY: numpy (default) or torch")
+    ap.add_argument("--gpu-helpers", action="store_true", help="experiment: GPU blocks on the helper threads too")
+    ap.add_argument("--light-cpu", action="store_true", help="experiment: no CPU helpers until the GPU is up")
     ap.add_argument("--cold", action="store_true")
     args = ap.parse_args()
     if args.library:
         ab.CPU_LIBRARY = args.library
+    if args.gpu_helpers or args.light_cpu:
+        ab._Compute.for_op = lambda self, op: (
+            (self.gpu[op.dtype], self.helpers if args.gpu_helpers else None)
+            if self.gpu is not None
+            else (self.cpu[op.dtype], None if args.light_cpu else self.helpers)
+        )
     if args.group:
         ab.CPU_GROUP = ab.CUDA_GROUP = args.group
     if args.prefetch is not None:
