@@ -603,12 +603,7 @@ class NumpyKernels(Kernels):
         self.r = r64.astype(np.float32 if code in ("BF16", "F16") else np.float64)
 
     def up(self, x: Any) -> Any:
-        np = self.np
-        if self.code == "BF16":
-            bits = x.astype(np.uint32)
-            bits <<= 16  # in place: every pass over a block counts, numpy fuses nothing
-            return bits.view(np.float32)
-        return x.astype(self.r.dtype)
+        return bf16_to_float32(x) if self.code == "BF16" else x.astype(self.r.dtype)
 
     def down(self, y: Any) -> Any:
         np = self.np
@@ -637,6 +632,15 @@ class NumpyKernels(Kernels):
 
     def as_bytes(self, y: Any) -> memoryview:
         return memoryview(self.np.ascontiguousarray(y)).cast("B")
+
+
+def bf16_to_float32(bits: Any) -> Any:
+    """bfloat16 values held as their uint16 bits (numpy has no bfloat16) → float32, exactly."""
+    import numpy as np
+
+    wide = bits.astype(np.uint32)
+    wide <<= 16  # in place: every pass over a block counts, numpy fuses nothing
+    return wide.view(np.float32)
 
 
 class TorchKernels(Kernels):
@@ -1325,11 +1329,9 @@ def execute_plan(
                 start(_copy_stream, part)
             start(_hash_into, part, to_hash, hashes)
 
-        vec = direction() if callable(direction) else direction
-        n = int(vec.numel()) if hasattr(vec, "numel") else int(vec.size)
-        if n != plan.hidden_size:
-            raise HubkitError(f"direction has d={n}, the checkpoint's hidden size is {plan.hidden_size}")
-        r64 = _unit(vec)
+        r64 = _unit(direction() if callable(direction) else direction)
+        if r64.size != plan.hidden_size:
+            raise HubkitError(f"direction has d={r64.size}, the checkpoint's hidden size is {plan.hidden_size}")
         dtypes = {op.dtype for op in plan.ops}
         if CPU_LIBRARY == "torch":
             import torch

@@ -349,53 +349,61 @@ def canonical_layout(path: str | Path, display: str | None = None) -> tuple[dict
     return meta, {i: int(info["shape"][0]) for i, (_, info) in entries.items()}
 
 
-_NUMPY_FLOATS = {"F32": "<f4", "F64": "<f8", "F16": "<f2"}
+_NUMPY_FLOATS = {"F32": "<f4", "F64": "<f8", "F16": "<f2", "BF16": "<u2"}  # bfloat16 read as its bits
+
+
+def _canonical_arrays(path: str | Path, where: str, only: int | None = None) -> tuple[dict[str, str], dict[int, Any]]:
+    """A canonical file's metadata and its layers (or layer ``only``) as float32 numpy vectors, checked.
+
+    The one reader of the format, torch-free: :func:`canonical_vector` (what a CPU ``regenerate`` needs) and
+    :func:`read_canonical` (a :class:`DirectionSet`) both go through it.
+    """
+    import numpy as np
+
+    from .abliterate import bf16_to_float32
+
+    meta, entries, start = _canonical_header(path, where)
+    if only is not None:
+        if only not in entries:
+            raise DirectionError(f"{where}: no layer {only}; has {layer_span(list(entries), 'none')}")
+        entries = {only: entries[only]}
+    arrays: dict[int, Any] = {}
+    with open(path, "rb") as f:
+        for i, (key, info) in entries.items():
+            dtype = _NUMPY_FLOATS.get(info.get("dtype"))
+            if dtype is None:
+                raise DirectionError(
+                    f"{where}: tensor '{key}' is {info.get('dtype')}; a direction file holds F32, F64, F16 or BF16"
+                )
+            b, e = info["data_offsets"]
+            f.seek(start + b)
+            raw = f.read(e - b)
+            if len(raw) != e - b or (e - b) != int(info["shape"][0]) * np.dtype(dtype).itemsize:
+                raise DirectionError(f"{where}: tensor '{key}' has {len(raw)} bytes of data, its header says {e - b}")
+            vec = np.frombuffer(raw, dtype)
+            arrays[i] = bf16_to_float32(vec) if dtype == "<u2" else vec.astype(np.float32)
+    _check_values(arrays, where)
+    return meta, arrays
 
 
 def canonical_vector(path: str | Path, layer: int, display: str | None = None) -> Any:
     """One layer of a canonical file as a float32 numpy vector, checked like :func:`read_canonical` checks
     every layer; torch-free, so a CPU ``regenerate`` never imports torch."""
-    import numpy as np
-
-    where = display or str(path)
-    _, entries, start = _canonical_header(path, where)
-    if layer not in entries:
-        raise DirectionError(f"{where}: no layer {layer}; has {layer_span(list(entries), 'none')}")
-    key, info = entries[layer]
-    dtype = _NUMPY_FLOATS.get(info.get("dtype"))
-    if dtype is None:
-        raise DirectionError(f"{where}: tensor '{key}' is {info.get('dtype')}; a direction file holds F32, F64 or F16")
-    b, e = info["data_offsets"]
-    with open(path, "rb") as f:
-        f.seek(start + b)
-        raw = f.read(e - b)
-    if len(raw) != e - b or (e - b) != int(info["shape"][0]) * np.dtype(dtype).itemsize:
-        raise DirectionError(f"{where}: tensor '{key}' has {len(raw)} bytes of data, its header says {e - b}")
-    vec = np.frombuffer(raw, dtype).astype(np.float32)
-    _check_values({layer: vec}, where)
-    return vec
+    return _canonical_arrays(path, display or str(path), only=layer)[1][layer]
 
 
 def read_canonical(path: str | Path, display: str | None = None) -> DirectionSet:
     """Read a canonical direction file back (the format :func:`write_canonical` writes)."""
-    from safetensors import safe_open
+    import torch
 
-    where = display or str(path)
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-            layers = {_layer_key(k, where): f.get_tensor(k).float() for k in f.keys()}  # noqa: SIM118
-    except Exception as e:
-        raise DirectionError(f"{where}: not a readable safetensors file ({first_line(e)})") from e
-    if not layers:
-        raise DirectionError(f"{where}: no tensors")
-    _check_values(layers, where)
+    meta, arrays = _canonical_arrays(path, display or str(path))
+    layers = {i: torch.from_numpy(v) for i, v in arrays.items()}
     known = {"format", "name", "layer_convention", "unit_norm", "d", "layers", "selected_layer", "base_model",
              "source", "method"}
     sel = meta.get("selected_layer")
     return DirectionSet(
         name=meta.get("name") or Path(path).stem,
-        layers=dict(sorted(layers.items())),
+        layers=layers,
         layer_convention=meta.get("layer_convention", "block"),
         selected_layer=int(sel) if sel not in (None, "") else (next(iter(layers)) if len(layers) == 1 else None),
         base_model=meta.get("base_model"),

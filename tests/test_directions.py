@@ -7,6 +7,7 @@ from safetensors.torch import save_file
 from hubkit.directions import (
     DirectionSet,
     canonical_layout,
+    canonical_vector,
     inspect_direction,
     read_canonical,
     read_direction_file,
@@ -156,6 +157,21 @@ def test_canonical_layout_reads_the_header_without_torch(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"not a file")
     with pytest.raises(DirectionError, match="vectors/junk.safetensors: not a safetensors file"):
         canonical_layout(tmp_path / "junk.safetensors", display="vectors/junk.safetensors")
+
+
+def test_canonical_readers_share_one_parser(tmp_path):
+    """read_canonical (torch) and canonical_vector (numpy) read the same header and bytes, bf16 included."""
+    v = unit(2)
+    save_file({"layer.3": v[0].to(torch.bfloat16), "layer.5": v[1].to(torch.bfloat16)}, str(tmp_path / "b.safetensors"))
+    ds = read_canonical(tmp_path / "b.safetensors")
+    assert ds.layer_ids == [3, 5] and ds.layers[3].dtype == torch.float32
+    assert torch.equal(ds.layers[5], v[1].to(torch.bfloat16).float())
+    assert np.array_equal(canonical_vector(tmp_path / "b.safetensors", 5), ds.layers[5].numpy())
+    with pytest.raises(DirectionError, match=r"vectors/b.safetensors: no layer 4; has 3, 5"):
+        canonical_vector(tmp_path / "b.safetensors", 4, display="vectors/b.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a file")
+    with pytest.raises(DirectionError, match="junk.safetensors: not a safetensors file"):
+        read_canonical(tmp_path / "junk.safetensors")
 
 
 def test_layer_conventions():
