@@ -91,12 +91,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = make_run(Path(tmp))
         t0 = time.perf_counter()
-        from hubkit.package import HashCache, build_package
-        from hubkit.run import load_run
+        from hubkit.formats.hashing import HashCache
+        from hubkit.publish.repo_tree import build_package
+        from hubkit.run.run import load_run
 
         run = load_run(run_dir)
         t_load = time.perf_counter() - t0
-        from hubkit import card
+        from hubkit.cards import model_card as card
 
         # the package's file list (hashes) is an input of the card, built once outside the timings
         pkg = build_package(run, hash_cache=HashCache(Path(tmp) / "cache.json"))
@@ -115,8 +116,9 @@ def _cold_child() -> int:
     """Child process: load the run, then time the first plot and the first card (imports included)."""
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = make_run(Path(tmp))
-        from hubkit.package import HashCache, canonical_path
-        from hubkit.run import load_run
+        from hubkit.formats.hashing import HashCache
+        from hubkit.publish.repo_tree import canonical_path
+        from hubkit.run.run import load_run
 
         run = load_run(run_dir)
         files = _files_without_rendering(run, HashCache(Path(tmp) / "cache.json"), canonical_path)
@@ -128,7 +130,7 @@ def _cold_child() -> int:
         import matplotlib.figure  # noqa: F401
         from matplotlib.backends import backend_agg  # noqa: F401
 
-        from hubkit import card
+        from hubkit.cards import model_card as card
 
         t0 = time.perf_counter()
         assets = card.build_assets(run)
@@ -143,7 +145,7 @@ def _cold_child() -> int:
 
 def _files_without_rendering(run, cache, canonical_path):
     """PackageFile entries for the run's files and canonical vectors, without calling into hubkit.card."""
-    from hubkit.package import PackageFile
+    from hubkit.publish.repo_tree import PackageFile
 
     out = [PackageFile(f.path, f.size, cache.sha256(run.root / f.path), f.kind, source=run.root / f.path)
            for f in run.included_files]

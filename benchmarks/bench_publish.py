@@ -34,7 +34,7 @@ from tests.hubserver import DEFAULT_TOKEN, HubServer  # noqa: E402
 CHILD = """
 import json, sys, time
 t0 = time.perf_counter()
-from hubkit.publish import publish  # what `hubkit publish` imports; the rest is loaded when needed
+from hubkit.publish.commit import publish  # what `hubkit publish` imports; the rest is loaded when needed
 t1 = time.perf_counter()
 r = publish(sys.argv[1], repo_id=sys.argv[2], with_weights=True, progress=False)
 t2 = time.perf_counter()

@@ -123,7 +123,7 @@ def _recipe(root: Path, d: int, layer: int = LAYER) -> tuple[Path, Path]:
 def _make_recipe(root: Path, d: int, layer: int) -> None:
     import torch
 
-    from hubkit.directions import DirectionSet, write_canonical
+    from hubkit.formats.directions import DirectionSet, write_canonical
 
     if root.exists():
         shutil.rmtree(root)

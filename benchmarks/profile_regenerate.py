@@ -48,11 +48,11 @@ def _drop_caches() -> None:
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
-def _in_processes(ab, checkpoint: Path, out: Path, device: str, n: int) -> float:
+def _in_processes(ab, wplan, checkpoint: Path, out: Path, device: str, n: int) -> float:
     """Fork one process per shard group before torch is imported; each streams its shards with one pipeline."""
     import dataclasses
 
-    plan = ab.plan_checkpoint(checkpoint)
+    plan = wplan.plan_checkpoint(checkpoint)
     # the executor's own split of shards into pipelines (it reads only ``.info`` of what it is given)
     groups = [[x.info for x in g] for g in ab._partition([SimpleNamespace(info=s) for s in plan.shards], n)]
     out.mkdir(parents=True)
@@ -82,7 +82,9 @@ def _in_processes(ab, checkpoint: Path, out: Path, device: str, n: int) -> float
 
 
 def main() -> None:
-    from hubkit import abliterate as ab
+    import hubkit.weights.executor as ab
+    from hubkit.weights import kernels
+    from hubkit.weights import plan as wplan
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoint", type=Path)
@@ -106,7 +108,7 @@ def main() -> None:
             else (self.cpu[op.dtype], None if args.light_cpu else self.helpers)
         )
     if args.group:
-        ab.CPU_GROUP = ab.CUDA_GROUP = args.group
+        kernels.CPU_GROUP = kernels.CUDA_GROUP = args.group
     if args.prefetch is not None:
         ab.PREFETCH_BYTES = args.prefetch
     if args.helpers is not None:
@@ -116,7 +118,7 @@ def main() -> None:
     if args.processes:
         out = Path(tempfile.mkdtemp(dir=args.checkpoint.parent)) / "out"
         try:
-            wall = _in_processes(ab, args.checkpoint, out, args.device, args.processes)
+            wall = _in_processes(ab, wplan, args.checkpoint, out, args.device, args.processes)
         finally:
             shutil.rmtree(out.parent, ignore_errors=True)
         print(f"{args.device}, {args.processes} process(es): wall {wall:.1f} s")
@@ -145,7 +147,7 @@ def main() -> None:
         setattr(ab, name, timed(name, getattr(ab, name), span=name in STREAMS))
     if args.pipelines:
         ab.parallel_pipelines = lambda: args.pipelines
-    plan = ab.plan_checkpoint(args.checkpoint)
+    plan = wplan.plan_checkpoint(args.checkpoint)
 
     def direction():
         """Torch-free, as ``regenerate`` reads a canonical file; with ``--library torch`` torch is imported here

@@ -12,22 +12,22 @@ __version__ = "0.1.0"
 from typing import TYPE_CHECKING, Any
 
 _LAZY = {
-    "load_direction": "loading",
-    "load_directions": "loading",
-    "pull": "loading",
-    "steer": "steering",
-    "ablate": "steering",
-    "load_run": "run",
-    "validate_run": "run",
-    "build_package": "package",
-    "stage": "package",
-    "stage_run": "publish",
-    "export_gguf": "gguf_export",
+    "load_direction": "use.loading",
+    "load_directions": "use.loading",
+    "pull": "use.loading",
+    "steer": "use.steering",
+    "ablate": "use.steering",
+    "load_run": "run.run",
+    "validate_run": "run.run",
+    "build_package": "publish.repo_tree",
+    "stage": "publish.repo_tree",
+    "stage_run": "publish.commit",
+    "export_gguf": "use.gguf_export",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .loading import load_direction, load_directions, pull  # noqa: F401
-    from .steering import ablate, steer  # noqa: F401
+    from hubkit.use.loading import load_direction, load_directions, pull  # noqa: F401
+    from hubkit.use.steering import ablate, steer  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import click
 
-from . import __version__
-from .errors import HubkitError, ValidationFailed
-from .formatting import human_size, layer_span
+from hubkit import __version__
+from hubkit.errors import HubkitError, ValidationFailed
+from hubkit.formatting import human_size, layer_span
 
 
 class _Group(click.Group):
@@ -50,7 +50,7 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.option("--force", is_flag=True, help="Overwrite an existing hubkit.yaml.")
 def init(run_dir: Path, force: bool) -> None:
     """Draft RUN_DIR/hubkit.yaml by looking at the run's files."""
-    from .discover import write_draft
+    from hubkit.run.init import write_draft
 
     path, todo = write_draft(run_dir, force=force)
     click.echo(f"wrote {path}")
@@ -64,7 +64,7 @@ def init(run_dir: Path, force: bool) -> None:
 @click.option("--files", "list_files", is_flag=True, help="List every file with its size, kind and fate.")
 def validate(run_dir: Path, quiet: bool, list_files: bool) -> None:
     """Check a run: manifest, directions, rankings, contrast sets, results, sizes. Exit 1 on problems."""
-    from .run import validate_run
+    from hubkit.run.run import validate_run
 
     report = validate_run(run_dir)
     for p in report.problems:
@@ -115,7 +115,7 @@ def publish(run_dir: Path, out: Path | None, template_dir: Path | None, repo_id:
     The endpoint and token are huggingface_hub's own settings (HF_ENDPOINT, HF_TOKEN, `hf auth login`).
     """
     if out is not None:
-        from .publish import stage_run
+        from hubkit.publish.commit import stage_run
 
         hub_only = {"--repo-id": repo_id, "--private": private, "--revision": revision, "--version": version,
                     "--message": message, "--dry-run": dry_run, "--create-pr": create_pr,
@@ -127,11 +127,11 @@ def publish(run_dir: Path, out: Path | None, template_dir: Path | None, repo_id:
         click.echo(f"staged {len(staged.files)} files ({human_size(staged.total_size)}) in {out}")
         return
     if not repo_id:
-        from .manifest import load_manifest
+        from hubkit.run.manifest import load_manifest
 
         if not load_manifest(run_dir).repo_id:
             raise click.UsageError("give --repo-id OWNER/NAME (or set repo_id in hubkit.yaml), or --out DIR")
-    from .publish import publish as do_publish
+    from hubkit.publish.commit import publish as do_publish
 
     result = do_publish(run_dir, repo_id=repo_id, private=private, revision=revision, version=version,
                         message=message, dry_run=dry_run, with_weights=with_weights, create_pr=create_pr,
@@ -173,7 +173,7 @@ def export() -> None:
 def export_gguf_command(repo_or_dir: str, out: Path, layers: str | None, scale: float, name: str | None,
                         revision: str | None) -> None:
     """Write a llama.cpp control vector (--control-vector-scaled FILE.gguf S) from REPO_OR_DIR."""
-    from .gguf_export import export_gguf, gguf_summary
+    from hubkit.use.gguf_export import export_gguf, gguf_summary
 
     click.echo(gguf_summary(export_gguf(repo_or_dir, out, layers=layers, scale=scale, name=name,
                                         revision=revision)))
@@ -186,7 +186,7 @@ def export_gguf_command(repo_or_dir: str, out: Path, layers: str | None, scale: 
               help="Directory to download into.")
 def pull_command(repo: str, revision: str | None, out: Path) -> None:
     """Download a published run to inspect or re-publish it."""
-    from .loading import pull
+    from hubkit.use.loading import pull
 
     res = pull(repo, revision=revision, out=out)
     click.echo(f"pulled {repo}@{res.commit[:12]} ({len(res.files)} files) into {res.path}")
@@ -199,7 +199,7 @@ def pull_command(repo: str, revision: str | None, out: Path) -> None:
               help="Use your own copy of the card templates (any subset of them).")
 def card(run_dir: Path, output: Path | None, template_dir: Path | None) -> None:
     """Render the model card a publish of RUN_DIR would commit."""
-    from .card import card_for_run
+    from hubkit.cards.model_card import card_for_run
 
     rendered = card_for_run(run_dir, template_dir=template_dir)
     if output is None:
@@ -241,7 +241,7 @@ class _ArmCounts(click.ParamType):
               help="Fisher sidedness; greater = H1: arm > baseline (default for --arm; a run uses its own).")
 def stats(run_dir: Path | None, arms: tuple, baseline: str | None, alternative: str | None) -> None:
     """Print results tables with every test: for RUN_DIR's evaluations, or for --arm counts."""
-    from .stats import report_counts, report_run
+    from hubkit.run.stats import report_counts, report_run
 
     if run_dir is not None:
         if arms or baseline:
@@ -275,7 +275,7 @@ def stats(run_dir: Path | None, arms: tuple, baseline: str | None, alternative: 
 def regenerate_command(repo_or_dir: str, revision: str | None, base_model: str | None, out: Path | None,
                        push_to: str | None, device: str, verify: bool, plan_only: bool, no_progress: bool) -> None:
     """Rebuild the abliterated weights of REPO_OR_DIR from its published direction and the base model."""
-    from .regenerate import regenerate
+    from hubkit.weights.regenerate import regenerate
 
     res = regenerate(repo_or_dir, revision=revision, base_model=base_model, out=out, device=device, verify=verify,
                      plan_only=plan_only, push_to=push_to, progress=not no_progress)

@@ -19,8 +19,12 @@ import numpy as np
 import pytest
 import torch
 
-from hubkit import abliterate as ab
 from hubkit.errors import HubkitError, PlanError
+from hubkit.formats import safetensors_io as stio
+from hubkit.weights import executor as ab
+from hubkit.weights import kernels
+from hubkit.weights import plan as wplan
+from hubkit.weights.recipes import orthogonalize as ortho
 from tests import tiny_models as tm
 
 D = tm.HIDDEN
@@ -125,9 +129,9 @@ def _index(shapes: dict[str, tuple[int, ...]], dtype: str = "BF16") -> tuple[dic
     tensors, off = {}, 0
     for name, shape in shapes.items():
         n = 2 * int(torch.tensor(shape).prod()) if shape else 2
-        tensors[name] = ab.TensorInfo(name, "model.safetensors", dtype, shape, off, off + n)
+        tensors[name] = stio.TensorInfo(name, "model.safetensors", dtype, shape, off, off + n)
         off += n
-    return tensors, [ab.ShardInfo("model.safetensors", off, 0)]
+    return tensors, [stio.ShardInfo("model.safetensors", off, 0)]
 
 
 def _qwen3_5_names(layers: int = 4) -> dict[str, tuple[int, ...]]:
@@ -164,7 +168,7 @@ QWEN3_5_CONFIG = {
 
 def test_plan_qwen3_5_hybrid_vlm_touches_only_residual_writers() -> None:
     tensors, shards = _index(_qwen3_5_names())
-    plan = ab.build_plan(QWEN3_5_CONFIG, tensors, shards)
+    plan = wplan.build_plan(QWEN3_5_CONFIG, tensors, shards)
     got = {op.name: (op.target, op.kind, op.layer) for op in plan.ops}
     p = "model.language_model."
     assert got == {
@@ -185,10 +189,10 @@ def test_plan_targets_subset_and_lm_head_opt_in() -> None:
         names[f"model.layers.{i}.mlp.down_proj.weight"] = (D, 96)
     cfg = {"model_type": "llama", "hidden_size": D, "num_hidden_layers": 2, "tie_word_embeddings": False}
     tensors, shards = _index(names)
-    plan = ab.build_plan(cfg, tensors, shards)
+    plan = wplan.build_plan(cfg, tensors, shards)
     assert "lm_head.weight" not in {op.name for op in plan.ops} and not plan.tied
     assert any("left alone" in n for n in plan.notes)
-    plan = ab.build_plan(cfg, tensors, shards, ["mlp_down", "lm_head"])
+    plan = wplan.build_plan(cfg, tensors, shards, ["mlp_down", "lm_head"])
     assert {op.target for op in plan.ops} == {"mlp_down", "lm_head"}
     assert plan.counts() == {"mlp_down": 2, "lm_head": 1}
 
@@ -201,7 +205,7 @@ def test_plan_moe_layouts() -> None:
     names["model.layers.0.mlp.experts.down_proj_bias"] = (e, D)
     names["model.layers.0.mlp.experts.gate_up_proj"] = (e, D, 2 * i)
     cfg = {"model_type": "gpt_oss", "hidden_size": D, "num_hidden_layers": 1}
-    kinds = {op.name: op.kind for op in ab.build_plan(cfg, *_index(names)).ops}
+    kinds = {op.name: op.kind for op in wplan.build_plan(cfg, *_index(names)).ops}
     assert kinds == {
         "model.embed_tokens.weight": "rows",
         "model.layers.0.self_attn.o_proj.weight": "cols",
@@ -216,7 +220,7 @@ def test_plan_moe_layouts() -> None:
         "model.layers.0.mlp.shared_expert.down_proj.weight": (D, 48),
     }
     tensors, shards = _index(fused)
-    plan = ab.build_plan(
+    plan = wplan.build_plan(
         {"model_type": "qwen3_moe", "hidden_size": D, "num_hidden_layers": 1}, tensors, shards
     )
     by = {op.name: op.kind for op in plan.ops}
@@ -229,7 +233,7 @@ def test_plan_moe_layouts() -> None:
         **{f"model.layers.0.block_sparse_moe.experts.{j}.w2.weight": (D, i) for j in range(e)},
     }
     tensors, shards = _index(mixtral)
-    plan = ab.build_plan({"model_type": "mixtral", "hidden_size": D, "num_hidden_layers": 1}, tensors, shards)
+    plan = wplan.build_plan({"model_type": "mixtral", "hidden_size": D, "num_hidden_layers": 1}, tensors, shards)
     assert plan.counts() == {"embed_tokens": 1, "attn_out": 1, "mlp_down": e}
 
 
@@ -239,14 +243,14 @@ def test_plan_gemma2_notes_sandwich_norms() -> None:
         "model.layers.0.self_attn.o_proj.weight": (D, D),
         "model.layers.0.mlp.down_proj.weight": (D, 96),
     }
-    plan = ab.build_plan({"model_type": "gemma2", "hidden_size": D, "num_hidden_layers": 1}, *_index(names))
+    plan = wplan.build_plan({"model_type": "gemma2", "hidden_size": D, "num_hidden_layers": 1}, *_index(names))
     assert any("post-attention" in n for n in plan.notes)
 
 
 def test_nothing_matches_is_an_error() -> None:
     cfg = {"model_type": "llama", "hidden_size": D, "num_hidden_layers": 2}
     with pytest.raises(PlanError, match="no decoder blocks"):
-        ab.build_plan(cfg, *_index({"transformer.h.0.attn.c_proj.weight": (D, D)}))
+        wplan.build_plan(cfg, *_index({"transformer.h.0.attn.c_proj.weight": (D, D)}))
     names = {
         "model.embed_tokens.weight": (100, D),
         "model.layers.0.self_attn.o_proj.weight": (D, D),
@@ -255,9 +259,9 @@ def test_nothing_matches_is_an_error() -> None:
         "model.layers.1.mixer.out.weight": (D, D),
     }
     with pytest.raises(PlanError, match=r"block\(s\) 1 have no attn_out"):
-        ab.build_plan(cfg, *_index(names))
+        wplan.build_plan(cfg, *_index(names))
     with pytest.raises(PlanError, match="unknown"):
-        ab.build_plan(cfg, *_index(names), ["everything"])
+        wplan.build_plan(cfg, *_index(names), ["everything"])
 
 
 def test_quantized_or_misshapen_targets_are_refused() -> None:
@@ -267,21 +271,21 @@ def test_quantized_or_misshapen_targets_are_refused() -> None:
         "model.layers.0.mlp.down_proj.weight": (D, 96),
     }
     tensors, shards = _index(names)
-    tensors["model.layers.0.self_attn.o_proj.weight"] = ab.TensorInfo(
+    tensors["model.layers.0.self_attn.o_proj.weight"] = stio.TensorInfo(
         "model.layers.0.self_attn.o_proj.weight", "model.safetensors", "U8", (D, D // 2), 0, 1
     )
     cfg = {"model_type": "llama", "hidden_size": D, "num_hidden_layers": 1}
     with pytest.raises(PlanError, match="U8.*unquantized"):
-        ab.build_plan(cfg, tensors, shards)
+        wplan.build_plan(cfg, tensors, shards)
     tensors, shards = _index({**names, "model.layers.0.mlp.down_proj.weight": (96, D)})
     with pytest.raises(PlanError, match=r"down_proj.weight has shape \[96, 64\]"):
-        ab.build_plan(cfg, tensors, shards)
+        wplan.build_plan(cfg, tensors, shards)
 
 
 def test_lm_head_target_with_tied_embeddings_is_refused() -> None:
     tensors, shards = _index(_qwen3_5_names())
     with pytest.raises(PlanError, match="no lm_head tensor"):
-        ab.build_plan(QWEN3_5_CONFIG, tensors, shards, ["attn_out", "lm_head"])
+        wplan.build_plan(QWEN3_5_CONFIG, tensors, shards, ["attn_out", "lm_head"])
 
 
 # ---------------------------------------------------------------- streaming vs the seed reference
@@ -369,11 +373,11 @@ def test_sharded_and_unsharded_give_the_same_tensors(tmp_path: Path) -> None:
 
     one = tm.save_llama(tmp_path / "one", bias=True)
     many = tm.save_llama(tmp_path / "many", bias=True, max_shard_size="50KB")
-    assert (many / ab.INDEX_NAME).is_file() and not (one / ab.INDEX_NAME).exists()
+    assert (many / stio.INDEX_NAME).is_file() and not (one / stio.INDEX_NAME).exists()
     r = _r(2)
     plan1, _ = ab.abliterate_checkpoint(one, tmp_path / "o1", r, progress=False)
     plan2, _ = ab.abliterate_checkpoint(many, tmp_path / "o2", r, progress=False)
-    assert len(plan2.shards) > 1 and (tmp_path / "o2" / ab.INDEX_NAME).is_file()
+    assert len(plan2.shards) > 1 and (tmp_path / "o2" / stio.INDEX_NAME).is_file()
 
     def tensors(d: Path) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
@@ -389,13 +393,13 @@ def test_deterministic_and_device_blocking_invariant(
     ckpts: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     src = ckpts["qwen3_5_bf16"]
-    monkeypatch.setattr(ab, "CHUNK_ELEMS", 300)  # many chunks per matrix, and an odd tail chunk
+    monkeypatch.setattr(kernels, "CHUNK_ELEMS", 300)  # many chunks per matrix, and an odd tail chunk
     r = _r(3)
-    plan = ab.plan_checkpoint(src)
+    plan = wplan.plan_checkpoint(src)
     first = ab.execute_plan(plan, src, None, r, progress=False).shards_sha256
-    monkeypatch.setattr(ab, "CPU_GROUP", 1)
+    monkeypatch.setattr(kernels, "CPU_GROUP", 1)
     again = ab.execute_plan(plan, src, None, r, progress=False).shards_sha256
-    sharded = ab.plan_checkpoint(ckpts["qwen3_5"])
+    sharded = wplan.plan_checkpoint(ckpts["qwen3_5"])
     single = ab.execute_plan(sharded, ckpts["qwen3_5"], None, r, progress=False)
     one = single.shards_sha256
     monkeypatch.setattr(ab, "parallel_pipelines", lambda: 3)  # shards streamed side by side
@@ -410,7 +414,7 @@ def test_deterministic_and_device_blocking_invariant(
     assert ab.execute_plan(sharded, ckpts["qwen3_5"], None, r, progress=False).shards_sha256 == one
     monkeypatch.setattr(ab, "CPU_LIBRARY", "numpy")
     monkeypatch.setattr(ab, "_resolve_device", lambda device: "cpu")
-    monkeypatch.setattr(ab, "CUDA_GROUP", 7)  # the CUDA path's blocking (7 chunks per block), run on the CPU
+    monkeypatch.setattr(kernels, "CUDA_GROUP", 7)  # the CUDA path's blocking (7 chunks per block), run on the CPU
     grouped = ab.execute_plan(plan, src, None, r, device="cuda", progress=False).shards_sha256
     assert first == again == grouped
 
@@ -422,25 +426,25 @@ def test_deterministic_and_device_blocking_invariant(
     ab.execute_plan(plan, src, out, r, progress=False)
     base, new = load_file(src / "model.safetensors"), load_file(out / "model.safetensors")
     for op in plan.ops:
-        assert torch.equal(ab.orthogonalize(base[op.name], r, op.kind), new[op.name]), op.name
+        assert torch.equal(ortho.orthogonalize(base[op.name], r, op.kind), new[op.name]), op.name
 
 
 @pytest.mark.parametrize("lib", ["numpy", "torch"])
 def test_tree_sum_is_a_fixed_pairwise_order(lib: str) -> None:
-    k = ab.NumpyKernels("F32", np.ones(1)) if lib == "numpy" else ab.TorchKernels("F32", np.ones(1))
+    k = kernels.NumpyKernels("F32", np.ones(1)) if lib == "numpy" else kernels.TorchKernels("F32", np.ones(1))
     x = torch.tensor([[1e8, 1.0, -1e8, 1.0, 3.0]], dtype=torch.float32)
     # ((x0 + x2) + (x1 + x3)) + x4, as the halving defines it
     want = float((x[0, 0] + x[0, 2]) + (x[0, 1] + x[0, 3]) + x[0, 4])
     y = torch.randn(37, 5, dtype=torch.float64)
     if lib == "numpy":
         x, y = x.numpy(), y.numpy()
-    assert float(ab.tree_sum(x, 1, k)[0]) == want != float(x.sum())
-    assert np.allclose(np.asarray(ab.tree_sum(y, 0, k)), np.asarray(y.sum(0)))
+    assert float(kernels.tree_sum(x, 1, k)[0]) == want != float(x.sum())
+    assert np.allclose(np.asarray(kernels.tree_sum(y, 0, k)), np.asarray(y.sum(0)))
 
 
 def _awkward(code: str, n: int = 4096) -> torch.Tensor:
     """Storage values that stress the rounding: ties, subnormals, near-overflow, both signs."""
-    dtype = ab._torch_dtype(code)
+    dtype = kernels.torch_dtype(code)
     g = torch.Generator().manual_seed(5)
     x = torch.randn(n, generator=g, dtype=torch.float64) * torch.logspace(-30, 30, n, dtype=torch.float64)
     info = torch.finfo(dtype)
@@ -451,8 +455,8 @@ def _awkward(code: str, n: int = 4096) -> torch.Tensor:
 @pytest.mark.parametrize("code", ["BF16", "F16", "F32", "F64"])
 def test_numpy_and_torch_kernels_give_the_same_bytes(code: str) -> None:
     """The CPU path (numpy) and the CUDA path (torch) share the math; their casts and results must agree."""
-    r64 = ab._unit(torch.randn(64, generator=torch.Generator().manual_seed(9)))
-    kn, kt = ab.NumpyKernels(code, r64), ab.TorchKernels(code, r64)
+    r64 = kernels.unit_vector(torch.randn(64, generator=torch.Generator().manual_seed(9)))
+    kn, kt = kernels.NumpyKernels(code, r64), kernels.TorchKernels(code, r64)
     assert np.array_equal(kn.r, kt.r.numpy())
     w = _awkward(code).reshape(64, 64)
     wn = w.view(torch.int16).numpy().view("<u2") if code == "BF16" else w.numpy()
@@ -463,15 +467,15 @@ def test_numpy_and_torch_kernels_give_the_same_bytes(code: str) -> None:
     compute = kt.up(w) * 1.000001  # values between storage steps: every rounding case of the downcast
     assert np.array_equal(kn.up(wn), kt.up(w).numpy())
     assert same(kn.down(compute.numpy()), kt.down(compute))
-    assert same(ab.rows_block(wn, kn), ab.rows_block(w, kt))
-    pn, pt = ab.cols_partials(wn, kn.r, 5, kn), ab.cols_partials(w, kt.r, 5, kt)
+    assert same(kernels.rows_block(wn, kn), kernels.rows_block(w, kt))
+    pn, pt = kernels.cols_partials(wn, kn.r, 5, kn), kernels.cols_partials(w, kt.r, 5, kt)
     assert np.array_equal(pn, pt.numpy())
-    sn, st = ab._accumulate(pn, None), ab._accumulate(pt, None)
-    assert same(ab.cols_block(wn, kn.r, sn, kn), ab.cols_block(w, kt.r, st, kt))
+    sn, st = kernels.accumulate(pn, None), kernels.accumulate(pt, None)
+    assert same(kernels.cols_block(wn, kn.r, sn, kn), kernels.cols_block(w, kt.r, st, kt))
 
 
 def test_bf16_rounding_is_to_nearest_even() -> None:
-    k = ab.NumpyKernels("BF16", np.ones(1))
+    k = kernels.NumpyKernels("BF16", np.ones(1))
     bits = np.array([0x3F808000, 0x3F818000, 0x3F808001, 0x7F7FFFFF, 0x00000001, 0x7FC00001], dtype=np.uint32)
     # tie → even (down), tie → even (up), above the tie → up, overflow → inf, subnormal → 0, NaN → 0x7FC0
     assert k.down(bits.view(np.float32)).tolist() == [0x3F80, 0x3F82, 0x3F81, 0x7F80, 0x0000, 0x7FC0]
@@ -513,8 +517,8 @@ def test_interrupted_write_leaves_nothing(
 def test_untouched_bytes_move_before_the_direction_is_loaded(ckpts: dict[str, Path], tmp_path: Path) -> None:
     """The copier starts before the direction (and torch, CUDA) is needed: a loader that waits for the copy."""
     src = ckpts["llama"]
-    plan = ab.plan_checkpoint(src)
-    shards, tensors = ab.read_index(src)
+    plan = wplan.plan_checkpoint(src)
+    shards, tensors = stio.read_index(src)
     planned = {op.name for op in plan.ops}
     last = max((t for t in tensors.values() if t.name not in planned), key=lambda t: t.end)
     expected = (src / last.shard).read_bytes()[last.begin : last.end]
@@ -542,7 +546,7 @@ def test_a_cuda_run_computes_on_the_cpu_until_the_gpu_is_ready(
 ) -> None:
     """The GPU (stood in for by torch on the CPU) takes over mid-run; the bytes are those of a CPU run."""
     src = ckpts["qwen3_5"]
-    plan = ab.plan_checkpoint(src)
+    plan = wplan.plan_checkpoint(src)
     cpu_run = ab.execute_plan(plan, src, None, _r(), progress=False)
     used: list[str] = []
     real_op = ab._compute_op
@@ -564,7 +568,7 @@ def test_a_cuda_run_computes_on_the_cpu_until_the_gpu_is_ready(
 
     monkeypatch.setattr(ab, "_compute_op", op)
     monkeypatch.setattr(ab, "_resolve_device", slow_gpu)
-    monkeypatch.setattr(ab, "CUDA_GROUP", 5)
+    monkeypatch.setattr(kernels, "CUDA_GROUP", 5)
     mixed = ab.execute_plan(plan, src, None, _r(), device="cuda", progress=False)
     assert mixed.shards_sha256 == cpu_run.shards_sha256
     assert used.count("NumpyKernels") >= 3 and used.count("TorchKernels") >= 1, used
@@ -584,7 +588,7 @@ def test_a_failing_helper_thread_stops_the_run_and_leaves_nothing(
     ckpts: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A block computed on a helper thread raises: the error reaches the caller, no folder is left."""
-    real, calls = ab.cols_block, []
+    real, calls = kernels.cols_block, []
 
     def dies(*args, **kwargs):
         calls.append(threading.current_thread().name)
@@ -593,7 +597,7 @@ def test_a_failing_helper_thread_stops_the_run_and_leaves_nothing(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(ab, "compute_helpers", lambda: 3)
-    monkeypatch.setattr(ab, "CPU_GROUP", 1)
+    monkeypatch.setattr(kernels, "CPU_GROUP", 1)
     monkeypatch.setattr(ab, "cols_block", dies)
     with pytest.raises(FloatingPointError, match="block 5 failed"):
         ab.abliterate_checkpoint(ckpts["qwen3_5"], tmp_path / "out", _r(), progress=False)
@@ -611,7 +615,7 @@ def test_existing_output_is_not_clobbered(ckpts: dict[str, Path], tmp_path: Path
 
 
 def test_wrong_direction_size_and_changed_shard_are_refused(ckpts: dict[str, Path], tmp_path: Path) -> None:
-    plan = ab.plan_checkpoint(ckpts["llama"])
+    plan = wplan.plan_checkpoint(ckpts["llama"])
     with pytest.raises(HubkitError, match="d=32"):
         ab.execute_plan(plan, ckpts["llama"], None, torch.randn(32), progress=False)
     with pytest.raises(HubkitError, match="zero"):
@@ -621,8 +625,8 @@ def test_wrong_direction_size_and_changed_shard_are_refused(ckpts: dict[str, Pat
 def test_checkpoint_without_weights_or_with_truncated_shard(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(PlanError, match="no model.safetensors"):
-        ab.read_index(tmp_path)
+        stio.read_index(tmp_path)
     header = json.dumps({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}).encode()
     (tmp_path / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 8)
     with pytest.raises(PlanError, match="truncated"):
-        ab.read_index(tmp_path)
+        stio.read_index(tmp_path)

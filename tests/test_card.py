@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from hubkit import card
+from hubkit.cards import model_card as card
 from hubkit.cli import main
 from hubkit.errors import HubkitError
-from hubkit.package import CARD, HUBKIT_JSON, HashCache, build_package
-from hubkit.run import load_run
+from hubkit.formats.hashing import HashCache
+from hubkit.formats.hubjson import CARD, HUBKIT_JSON
+from hubkit.publish.repo_tree import build_package
+from hubkit.run.run import load_run
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ["persona-vector", "capability-vector-v1", "refusal-abliteration"]

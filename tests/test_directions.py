@@ -4,7 +4,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from hubkit.directions import (
+from hubkit.errors import DirectionError, PickleRefused
+from hubkit.formats.directions import (
     DirectionSet,
     canonical_layout,
     canonical_vector,
@@ -14,7 +15,6 @@ from hubkit.directions import (
     to_block_index,
     write_canonical,
 )
-from hubkit.errors import DirectionError, PickleRefused
 
 D = 16
 

@@ -36,8 +36,8 @@ def test_publish_regenerate_load_ablate_push_export(hub, api, repo_id, tmp_path)
     from transformers import AutoConfig
 
     import hubkit
-    from hubkit.publish import publish
-    from hubkit.regenerate import regenerate
+    from hubkit.publish.commit import publish
+    from hubkit.weights.regenerate import regenerate
 
     run = copy_example("persona-vector", tmp_path)  # layer 22 (block), d=64: needs 23+ blocks
     base = save_qwen3_5(tmp_path / "base", layers=24, max_shard_size="40KB")

@@ -9,7 +9,7 @@ import pytest
 from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType
 
 from hubkit.errors import PlanError
-from hubkit.gguf_export import export_gguf, gguf_layer, llama_cpp_usage, parse_layers
+from hubkit.use.gguf_export import export_gguf, gguf_layer, llama_cpp_usage, parse_layers
 from tests.test_loading import EXAMPLES, example_direction, stage_tree
 
 

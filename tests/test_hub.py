@@ -5,17 +5,10 @@ from __future__ import annotations
 import pytest
 
 from hubkit.errors import HubError
-from hubkit.hub import (
-    Hub,
-    RemoteFile,
-    RemoteState,
-    diff_package,
-    git_blob_sha1,
-    hub_error,
-    is_stale,
-    is_transient,
-)
-from hubkit.package import Package, PackageFile, sha256_bytes
+from hubkit.formats.hashing import sha256_bytes
+from hubkit.hub import Hub, RemoteFile, RemoteState, hub_error, is_stale, is_transient
+from hubkit.publish.plan import diff_package, git_blob_sha1
+from hubkit.publish.repo_tree import Package, PackageFile
 
 
 def _pf(path: str, data: bytes, kind: str = "data") -> PackageFile:

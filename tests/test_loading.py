@@ -14,9 +14,9 @@ import pytest
 import torch
 import yaml
 
-from hubkit.directions import read_direction_file, write_canonical
 from hubkit.errors import DirectionError, HubError, PickleRefused
-from hubkit.loading import LoadedDirections, load_direction, load_directions
+from hubkit.formats.directions import read_direction_file, write_canonical
+from hubkit.use.loading import LoadedDirections, load_direction, load_directions
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 EXAMPLES = ("capability-vector-v1", "persona-vector", "refusal-abliteration")
@@ -273,7 +273,7 @@ def test_hub_errors_are_one_line_hub_errors(api, rid, hf_cache, staged):
 
 
 def test_pull_downloads_the_published_tree(api, rid, hf_cache, staged, tmp_path):
-    from hubkit.loading import pull
+    from hubkit.use.loading import pull
 
     v1 = _publish(api, rid, staged["capability-vector-v1"], "v1")
     _publish(api, rid, stage_tree("capability-vector-v1", tmp_path / "v2", negate=True), "v2")

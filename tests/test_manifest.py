@@ -1,7 +1,7 @@
 import pytest
 
 from hubkit.errors import ManifestError
-from hubkit.manifest import load_manifest, parse_manifest
+from hubkit.run.manifest import load_manifest, parse_manifest
 
 FULL = """
 title: Qwen3.5-4B Persona Vector — capability axis attempt

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from hubkit.cli import main
 from hubkit.errors import HubError, HubkitError, SecretFound
 from hubkit.hub import Hub
-from hubkit.publish import publish
+from hubkit.publish.commit import publish
 from tests.helpers import ARTIFACTS, copy_example, write_run
 
 EXAMPLE = "refusal-abliteration"
@@ -117,7 +117,7 @@ def test_unchanged_republish_makes_no_commit_and_no_tag(hub, repo_id, run):
 def test_unchanged_republish_loads_no_tensors(hub, repo_id, run):
     """The common re-publish is decided from hashes alone: no torch import, no card rendering."""
     pub(run, repo_id)
-    probe = ("import sys\nfrom hubkit.publish import publish\n"
+    probe = ("import sys\nfrom hubkit.publish.commit import publish\n"
              "r = publish(sys.argv[1], repo_id=sys.argv[2], progress=False)\n"
              "print(r.nothing_changed, 'torch' in sys.modules, 'matplotlib' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", probe, str(run), repo_id], capture_output=True, text=True,
@@ -392,7 +392,7 @@ def _run_with_weights(tmp_path: Path, shards: int, size: int) -> Path:
 
 
 def test_weights_upload_once_and_only_changed_shards_again(hub, repo_id, tmp_path, monkeypatch):
-    import hubkit.package as package
+    import hubkit.publish.repo_tree as package
 
     run = _run_with_weights(tmp_path, shards=3, size=300 * 1024)
     r0 = pub(run, repo_id)
@@ -403,8 +403,10 @@ def test_weights_upload_once_and_only_changed_shards_again(hub, repo_id, tmp_pat
     assert {f"model/model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)} <= set(hub.list_files(repo_id))
 
     hashed: list[str] = []
-    real = package.sha256_file
-    monkeypatch.setattr(package, "sha256_file", lambda p, progress=None: hashed.append(str(p)) or real(p, progress))
+    import hubkit.formats.hashing as hashing
+
+    real = hashing.sha256_file
+    monkeypatch.setattr(hashing, "sha256_file", lambda p, progress=None: hashed.append(str(p)) or real(p, progress))
     hub.clear_log()
     r2 = pub(run, repo_id)  # no --with-weights: published weights stay; nothing changed
     assert r2.nothing_changed and hub.lfs_upload_bytes() == 0 and hashed == []  # hashes came from the cache
@@ -451,7 +453,7 @@ def test_dataset_repo_round_trips_through_load_dataset(hub, repo_id, run, tmp_pa
 
 
 def test_record_regeneration_puts_shard_hashes_in_the_recipe(hub, repo_id, run, tmp_path, monkeypatch):
-    import hubkit.regenerate as regenerate
+    import hubkit.weights.regenerate as regenerate
 
     seen = {}
 
@@ -475,7 +477,7 @@ def test_record_regeneration_puts_shard_hashes_in_the_recipe(hub, repo_id, run, 
 def test_push_model_folder_versions_and_skips_unchanged_shards(hub, repo_id, tmp_path):
     from huggingface_hub import hf_hub_download
 
-    from hubkit.publish import push_model_folder
+    from hubkit.publish.commit import push_model_folder
 
     folder = tmp_path / "model"
     folder.mkdir()
@@ -505,7 +507,7 @@ def test_push_model_folder_versions_and_skips_unchanged_shards(hub, repo_id, tmp
 
 
 def test_push_model_folder_refuses_a_secret(hub, repo_id, tmp_path):
-    from hubkit.publish import push_model_folder
+    from hubkit.publish.commit import push_model_folder
 
     folder = tmp_path / "model"
     folder.mkdir()

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from hubkit import regenerate as rg
-from hubkit.abliterate import INDEX_NAME
-from hubkit.directions import DirectionSet, write_canonical
 from hubkit.errors import DirectionError, HubError, HubkitError, ProvenanceError
+from hubkit.formats.directions import DirectionSet, write_canonical
+from hubkit.formats.safetensors_io import INDEX_NAME
+from hubkit.weights import regenerate as rg
 from tests import tiny_models as tm
 
 BASE_ID = "Qwen/Qwen3.5-4B"
@@ -219,7 +219,7 @@ def test_a_cpu_regeneration_never_imports_torch(base: Path, tmp_path: Path) -> N
     takes longer than the rest of a warm run. The bytes equal an in-process run's (which has torch loaded)."""
     staged = make_recipe(tmp_path / "staged")
     code = (
-        "import sys; from hubkit import regenerate as rg\n"
+        "import sys; from hubkit.weights import regenerate as rg\n"
         f"res = rg.regenerate({str(staged)!r}, base_model={str(base)!r}, out={str(tmp_path / 'fresh')!r}, "
         "progress=False)\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch')[:3], res.shards_sha256)\n"
@@ -250,7 +250,7 @@ def test_a_bad_push_to_id_fails_before_any_work(base: Path, tmp_path: Path) -> N
 
 def test_example_run_regenerates_from_its_manifest_and_staged_tree(tmp_path: Path) -> None:
     """artifacts/refusal-abliteration: layer 22 (hidden_states) of a d=64 direction, Qwen3.5 base."""
-    from hubkit.publish import stage_run
+    from hubkit.publish.commit import stage_run
 
     run_dir = Path(__file__).resolve().parents[1] / "artifacts" / "refusal-abliteration"
     deep = tm.save_qwen3_5(tmp_path / "deep", layers=24)  # hidden_states 22 = block 21

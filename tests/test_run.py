@@ -5,11 +5,10 @@ import sys
 
 import pytest
 import torch
+from .helpers import EXAMPLES, copy_example, write_run
 
 from hubkit.errors import HubkitError, ValidationFailed
-from hubkit.run import load_run, matches, validate_run
-
-from .helpers import EXAMPLES, copy_example, write_run
+from hubkit.run.run import load_run, matches, validate_run
 
 BASE = """
 title: t

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from hubkit.errors import SecretFound
-from hubkit.secrets import LINE_LIMIT, check_secrets, mask, scan_file, scan_text
+from hubkit.publish.secrets import LINE_LIMIT, check_secrets, mask, scan_file, scan_text
 from tests.helpers import copy_example
 
 # Built at run time so this file itself holds no credential-shaped literal (push protection, our own scan).
@@ -108,7 +108,7 @@ def test_message_lists_three_hits_and_counts_the_rest(tmp_path: Path):
 
 
 def test_staging_stops_on_a_secret_and_env_files_are_excluded(tmp_path: Path, monkeypatch):
-    from hubkit.publish import stage_run
+    from hubkit.publish.commit import stage_run
 
     monkeypatch.setenv("HUBKIT_CACHE", str(tmp_path / "cache"))
     run = copy_example("persona-vector", tmp_path)

@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from hubkit.cli import main
-from hubkit.results import Arm, Evaluation
-from hubkit.stats import (
+from hubkit.run.evaluations import Arm, Evaluation
+from hubkit.run.stats import (
     analyze_counts,
     analyze_evaluation,
     benjamini_hochberg,

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from hubkit.directions import DirectionSet
 from hubkit.errors import DirectionError, PlanError
-from hubkit.steering import ablate, find_decoder_layers, steer
+from hubkit.formats.directions import DirectionSet
+from hubkit.use.steering import ablate, find_decoder_layers, steer
 from tests.tiny_models import (
     HIDDEN,
     LAYERS,
@@ -225,7 +225,8 @@ def test_ablate_logits_equal_abliterated_checkpoint(family, r, ids, tmp_path):
     writes (embed_tokens, attention / linear-attention out, MLP / expert down projections, biases), within
     float32 rounding. Qwen3.5 is tied, so its lm_head changes with the embedding; random norm gains make a
     missing projection before the lm_head visible."""
-    from hubkit.abliterate import DEFAULT_TARGETS, abliterate_checkpoint
+    from hubkit.weights.executor import abliterate_checkpoint
+    from hubkit.weights.families import DEFAULT_TARGETS
 
     model = _randomize_norms(TWIN_FAMILIES[family]())
     save_model(model, tmp_path / "src", tokenizer=False)
@@ -243,7 +244,7 @@ def test_ablate_logits_equal_abliterated_checkpoint(family, r, ids, tmp_path):
 
 
 def test_loaded_directions_plug_into_steer_and_ablate(model64, ids, tmp_path):
-    from hubkit.loading import load_directions
+    from hubkit.use.loading import load_directions
     from tests.test_loading import stage_tree
 
     cap = load_directions(stage_tree("capability-vector-v1", tmp_path / "cap"))  # block convention, 0–31

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .directions import DirectionSet, read_canonical, read_direction_file
-from .errors import DirectionError, HubError, PickleRefused, first_line
-from .package import sha256_file
-from .tables import read_json_object
+from hubkit.errors import DirectionError, HubError, PickleRefused, first_line
+from hubkit.formats.directions import DirectionSet, read_canonical, read_direction_file
+from hubkit.formats.hashing import sha256_file
+from hubkit.formats.tables import read_json_object
 
 if TYPE_CHECKING:
     import torch

@@ -6,8 +6,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ArtifactError
-from .tables import parse_float, read_csv
+from hubkit.errors import ArtifactError
+from hubkit.formats.tables import parse_float, read_csv
 
 # Columns where a larger value means a better layer; the first present picks the "best" layer.
 BEST_BY = ("auc", "margin", "separation", "score", "accuracy", "acc")

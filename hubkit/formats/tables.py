@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import ArtifactError, HubkitError, first_line
+from hubkit.errors import ArtifactError, HubkitError, first_line
 
 
 def read_csv(path: Path, display: str) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:

@@ -18,28 +18,20 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
-from .abliterate import (
-    DEFAULT_TARGETS,
-    INDEX_NAME,
-    ExecutionResult,
-    TensorCheck,
-    TensorPlan,
-    build_plan,
-    config_facts,
-    execute_plan,
-    read_config,
-    read_index,
-    staging_dir,
-)
-from .errors import DirectionError, HubError, HubkitError, ProvenanceError, first_line
-from .formatting import layer_span
-from .manifest import is_repo_id
-from .package import sha256_file
-from .tables import read_json_object
+from hubkit import __version__
+from hubkit.errors import DirectionError, HubError, HubkitError, ProvenanceError, first_line
+from hubkit.formats.atomic import staging_dir
+from hubkit.formats.hashing import sha256_file
+from hubkit.formats.safetensors_io import INDEX_NAME, config_facts, read_config, read_index
+from hubkit.formats.tables import read_json_object
+from hubkit.formatting import layer_span
+from hubkit.run.manifest import is_repo_id
+from hubkit.weights.executor import ExecutionResult, TensorCheck, execute_plan
+from hubkit.weights.families import DEFAULT_TARGETS
+from hubkit.weights.plan import TensorPlan, build_plan
 
 if TYPE_CHECKING:
-    from .run import Run
+    from hubkit.run.run import Run
 
 HUBKIT_JSON = "hubkit.json"
 #: what is fetched of a base model and copied into the output (weights are rewritten, the rest copied)
@@ -110,7 +102,7 @@ def recipe_from_meta(
     fetch: Any = None,
 ) -> Recipe:
     """Parse ``hubkit.json``; ``fetch(path) -> Path`` gets a repo file (local root or Hub download)."""
-    from .directions import canonical_layout, canonical_vector, to_block_index
+    from hubkit.formats.directions import canonical_layout, canonical_vector, to_block_index
 
     regen = meta.get("regenerate")
     if not isinstance(regen, dict):
@@ -199,7 +191,7 @@ def load_recipe(source: str | Path | Run, *, revision: str | None = None) -> Rec
             meta = read_json_object(path / HUBKIT_JSON)
             return recipe_from_meta(meta, path, where=str(path / HUBKIT_JSON), source=str(path))
         if (path / "hubkit.yaml").is_file():
-            from .run import load_run
+            from hubkit.run.run import load_run
 
             return recipe_from_run(load_run(path))
         raise HubkitError(
@@ -310,7 +302,7 @@ def _remote_index(base: BaseCheckpoint) -> tuple[list[Any], dict[str, Any]]:
     """Shards and tensors of a Hub checkpoint from its safetensors headers alone (range requests), for --plan."""
     from huggingface_hub import HfApi
 
-    from .abliterate import ShardInfo, TensorInfo
+    from hubkit.formats.safetensors_io import ShardInfo, TensorInfo
 
     assert base.repo_id is not None
     try:
@@ -339,7 +331,7 @@ def check_provenance(recipe: Recipe, config: dict[str, Any], base: BaseCheckpoin
         raise ProvenanceError(
             f"{where}: hidden_size {d} ≠ d={recipe.d} of direction '{recipe.direction_name}' ({recipe.direction_file})"
         )
-    from .directions import to_block_index
+    from hubkit.formats.directions import to_block_index
 
     block = to_block_index(recipe.layer, recipe.layer_convention)
     if not -1 <= block < n_layers:
@@ -488,7 +480,7 @@ def regenerate(
             res,
         )
     if push_to is not None:
-        from .publish import push_model_folder
+        from hubkit.publish.commit import push_model_folder
 
         source = {
             "recipe": recipe.source,

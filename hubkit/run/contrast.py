@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ArtifactError
+from hubkit.errors import ArtifactError
 
 TEXT_KEYS = ("prompt", "text", "instruction", "question", "input", "content", "messages")
 

@@ -12,9 +12,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from .errors import HubkitError, ManifestError
-from .manifest import MANIFEST_NAME, STATUSES, TODO
-from .tables import read_csv
+from hubkit.errors import HubkitError, ManifestError
+from hubkit.formats.tables import read_csv
+from hubkit.run.manifest import MANIFEST_NAME, STATUSES, TODO
 
 SUMMARY_ORDER = ("RESULTS_FINAL.md", "RESULTS.md", "README.md")
 REPORTS = ("TASK.md", "RESEARCH.md", "PLAN.md", "RESULTS.md", "RESULTS_FINAL.md", "VERIFY.md")
@@ -132,7 +132,7 @@ def _describe_direction(run_dir: Path, rel: str) -> dict:
         name = "direction"
     entry: dict = {"name": name, "file": rel, "note": None, "convention": "block"}
     try:
-        from .directions import inspect_direction
+        from hubkit.formats.directions import inspect_direction
 
         layers, d = inspect_direction(run_dir / rel, display=rel)
         if layers is None:

@@ -12,14 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from .contrast import ContrastSet, read_contrast
-from .errors import HubkitError, ManifestError, ValidationFailed
-from .manifest import DEFAULT_EXCLUDE, MANIFEST_NAME, Manifest, load_manifest
-from .ranking import Ranking, read_ranking
-from .results import Evaluation, load_evaluation
+from hubkit.errors import HubkitError, ManifestError, ValidationFailed
+from hubkit.run.contrast import ContrastSet, read_contrast
+from hubkit.run.evaluations import Evaluation, load_evaluation
+from hubkit.run.manifest import DEFAULT_EXCLUDE, MANIFEST_NAME, Manifest, load_manifest
+from hubkit.run.ranking import Ranking, read_ranking
 
 if TYPE_CHECKING:
-    from .directions import DirectionSet
+    from hubkit.formats.directions import DirectionSet
 
 REPORT_NAMES = ("TASK", "RESEARCH", "PLAN", "RESULTS", "RESULTS_FINAL", "VERIFY", "NOTES", "README")
 
@@ -184,7 +184,7 @@ def validate_run(run_dir: str | Path, *, with_weights: bool = False) -> Validati
     for i, d in enumerate(m.directions):
         p = exists(d.file, f"directions[{i}].file", "direction")
         if p is not None:
-            from .directions import read_direction_file
+            from hubkit.formats.directions import read_direction_file
 
             ds = attempt(read_direction_file, p, name=d.name, layer=d.layer,
                          layer_convention=d.layer_convention, display=d.file)

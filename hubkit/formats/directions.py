@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import DirectionError, PickleRefused, first_line
-from .formatting import layer_span
+from hubkit.errors import DirectionError, PickleRefused, first_line
+from hubkit.formatting import layer_span
 
 if TYPE_CHECKING:  # torch is imported lazily: `hubkit --help` and `validate` without tensors skip it
     import torch
@@ -319,8 +319,8 @@ def write_canonical(ds: DirectionSet, path: str | Path) -> None:
 
 
 def _canonical_header(path: str | Path, where: str) -> tuple[dict[str, str], dict[int, tuple[str, dict]], int]:
-    from .abliterate import read_header
-    from .errors import PlanError
+    from hubkit.errors import PlanError
+    from hubkit.formats.safetensors_io import read_header
 
     try:
         header, start = read_header(Path(path))
@@ -360,7 +360,7 @@ def _canonical_arrays(path: str | Path, where: str, only: int | None = None) -> 
     """
     import numpy as np
 
-    from .abliterate import bf16_to_float32
+    from hubkit.formats.safetensors_io import bf16_to_float32
 
     meta, entries, start = _canonical_header(path, where)
     if only is not None:

@@ -17,13 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
-from .errors import HubkitError
-from .package import CARD, HUBKIT_JSON, Package, PackageFile, sha256_bytes
+from hubkit import __version__
+from hubkit.errors import HubkitError
+from hubkit.formats.hashing import sha256_bytes
+from hubkit.formats.hubjson import CARD, HUBKIT_JSON
+from hubkit.publish.repo_tree import Package, PackageFile
 
 if TYPE_CHECKING:
-    from .hub import DatasetPlanView, Hub, RemoteState
-    from .run import Run
+    from hubkit.hub import Hub, RemoteState
+    from hubkit.publish.plan import DatasetPlanView
+    from hubkit.run.run import Run
 
 REPO_TYPE = "dataset"
 
@@ -169,7 +172,7 @@ def render_readme(run: Run, configs: list[DatasetConfig], model_repo: str | None
 
 def plan_dataset(hub: Hub, run: Run, repo_id: str, *, model_repo: str | None, private: bool = False) -> DatasetPlan:
     """Read the dataset repo and diff it against the files the run gives (nothing is written)."""
-    from .hub import DatasetPlanView, diff_package
+    from hubkit.publish.plan import DatasetPlanView, diff_package
 
     package, configs = build_dataset(run, model_repo=model_repo)
     state = hub.read_state(repo_id, repo_type=REPO_TYPE)

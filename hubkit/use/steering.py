@@ -22,8 +22,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from .directions import DirectionSet, to_block_index
-from .errors import DirectionError, PlanError
+from hubkit.errors import DirectionError, PlanError
+from hubkit.formats.directions import DirectionSet, to_block_index
 
 if TYPE_CHECKING:  # torch stays a lazy import: `import hubkit` must not pay for it
     import torch

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import SecretFound
+from hubkit.errors import SecretFound
 
 # (kind, pattern): the value is group 0. Ordered so the more specific shape wins on the same text
 # (an Anthropic ``sk-ant-`` key must not also be reported as an OpenAI ``sk-`` key).
@@ -137,7 +137,7 @@ def scan_file(path: Path, display: str | None = None) -> list[SecretHit]:
 
 def scan_files(root: Path, paths: Iterable[str], allow: Iterable[str] = ()) -> list[SecretHit]:
     """Scan ``root/<path>`` for each path (POSIX, relative) unless it matches an ``allow`` pattern."""
-    from .run import matches
+    from hubkit.run.run import matches
 
     allow = list(allow)
     hits: list[SecretHit] = []

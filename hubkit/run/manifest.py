@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import ManifestError
+from hubkit.errors import ManifestError
 
 MANIFEST_NAME = "hubkit.yaml"
 STATUSES = ("positive", "null-result", "regression", "inconclusive", "superseded")

@@ -29,23 +29,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .errors import HubError, HubkitError
-from .hub import VERSION_RE, FileChange, Hub, PublishPlan, RemoteState, diff_package, git_blob_sha1
-from .manifest import Manifest, is_repo_id, load_manifest
-from .package import (
-    CARD,
-    HUBKIT_JSON,
-    HashCache,
-    Package,
-    PackageFile,
-    build_package,
-    meta_bytes,
-    sha256_bytes,
-    stage,
-)
-from .run import inventory, load_run
-from .secrets import check_secrets
+from hubkit import __version__
+from hubkit.errors import HubError, HubkitError
+from hubkit.formats.hashing import HashCache, sha256_bytes
+from hubkit.formats.hubjson import CARD, HUBKIT_JSON, meta_bytes
+from hubkit.hub import VERSION_RE, Hub, RemoteState
+from hubkit.publish.plan import FileChange, PublishPlan, diff_package, git_blob_sha1
+from hubkit.publish.repo_tree import Package, PackageFile, build_package, stage
+from hubkit.publish.secrets import check_secrets
+from hubkit.run.manifest import Manifest, is_repo_id, load_manifest
+from hubkit.run.run import inventory, load_run
 
 __all__ = ["PublishPlan", "PublishResult", "publish", "stage_run", "change_summary"]
 
@@ -153,7 +146,7 @@ def publish(
 
     shards, base_type = None, None
     if record_regeneration:
-        from .regenerate import record_regeneration as record
+        from hubkit.weights.regenerate import record_regeneration as record
 
         shards = record(run, record_regeneration, progress=progress)
         base_type = _model_type(Path(record_regeneration))
@@ -166,7 +159,7 @@ def publish(
     _merge_card(package, state, notes)
     dplan = None
     if dataset_repo:
-        from .dataset import plan_dataset
+        from hubkit.publish.dataset import plan_dataset
 
         dplan = plan_dataset(hub, run, dataset_repo, model_repo=repo_id, private=private)
         notes += dplan.notes
@@ -210,7 +203,7 @@ def publish(
         if not state.branch_exists and branch != "main":
             hub.ensure_branch(repo_id, branch, start=parent)
         if dplan is not None:
-            from .dataset import execute_dataset
+            from hubkit.publish.dataset import execute_dataset
 
             result.dataset_commit = execute_dataset(hub, dplan, new_version, create_pr=create_pr)
         missing = state.missing_tag()
@@ -231,7 +224,7 @@ def publish(
     try:
         hub.tag(repo_id, new_version, commit, message=f"hubkit {new_version}: {summary}")
         if dplan is not None:
-            from .dataset import tag_dataset
+            from hubkit.publish.dataset import tag_dataset
 
             tag_dataset(hub, dplan, new_version, result.dataset_commit)
     except HubError as e:
@@ -319,7 +312,7 @@ def _fast_unchanged(root: Path, m: Manifest, roles: dict[str, str], state: Remot
     doubt (another hubkit version, a recorded regeneration, a generated file we can't check) returns
     False and the full path decides; this only makes the common re-publish cheap (no torch import).
     """
-    from . import __version__
+    from hubkit import __version__
 
     meta = state.meta
     if (meta is None or not state.branch_exists or meta.get("hubkit_version") != __version__
@@ -412,7 +405,7 @@ def _nothing_changed(hub: Hub, unchanged: list[FileChange], card: str, state: Re
     if dry_run:
         return result
     if dplan is not None:
-        from .dataset import execute_dataset, tag_dataset
+        from hubkit.publish.dataset import execute_dataset, tag_dataset
 
         result.dataset_commit = execute_dataset(hub, dplan, state.previous_version, create_pr=create_pr)
     if tag_missing and state.head:

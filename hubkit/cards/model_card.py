@@ -21,18 +21,18 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
-from .errors import HubkitError
-from .formatting import human_size, layer_span
-from .stats import EvaluationStats, analyze_evaluation, format_ci, format_p, format_pct
+from hubkit import __version__
+from hubkit.errors import HubkitError
+from hubkit.formatting import human_size, layer_span
+from hubkit.run.stats import EvaluationStats, analyze_evaluation, format_ci, format_p, format_pct
 
 if TYPE_CHECKING:
     import jinja2
     from huggingface_hub import ModelCardData
 
-    from .package import PackageFile
-    from .ranking import Ranking
-    from .run import Run
+    from hubkit.publish.repo_tree import PackageFile
+    from hubkit.run.ranking import Ranking
+    from hubkit.run.run import Run
 
 MAIN_TEMPLATE = "card.md.j2"
 HUB = "https://huggingface.co"
@@ -261,7 +261,7 @@ class CardData:
 def template_root() -> Path:
     """The built-in templates: ``hubkit/templates`` in a wheel, top-level ``templates/`` in a checkout."""
     here = Path(__file__).parent
-    for cand in (here / "templates", here.parent / "templates"):
+    for cand in (here.parent / "templates", here.parent.parent / "templates"):
         if cand.is_dir():
             return cand
     raise FileNotFoundError("hubkit templates not found")
@@ -354,8 +354,9 @@ class RenderedCard:
 
 def card_for_run(run_dir: str | Path, *, template_dir: str | Path | None = None) -> RenderedCard:
     """The README a publish of ``run_dir`` would commit (same files, hashes and plots), without staging."""
-    from .package import CARD, build_package
-    from .run import load_run
+    from hubkit.formats.hubjson import CARD
+    from hubkit.publish.repo_tree import build_package
+    from hubkit.run.run import load_run
 
     package = build_package(load_run(run_dir), template_dir=template_dir)
     readme = package.file(CARD)
@@ -454,7 +455,7 @@ def model_card_data(run: Run, evaluations: list[EvaluationStats], files: list[Pa
 
 
 def _directions(run: Run, meta: dict[str, Any]) -> list[DirectionView]:
-    from .directions import to_block_index
+    from hubkit.formats.directions import to_block_index
 
     entries = {e["name"]: e for e in meta.get("directions") or []}
     out = []
@@ -509,7 +510,7 @@ def _rankings(run: Run, plots: dict[str, str]) -> list[RankingView]:
 
 
 def _best_by(rk: Ranking) -> list[str]:
-    from .ranking import BEST_BY
+    from hubkit.run.ranking import BEST_BY
 
     return [c for c in BEST_BY if c in rk.columns] or ([rk.best_metric] if rk.best_metric else [])
 

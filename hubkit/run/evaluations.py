@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ArtifactError
-from .manifest import EvaluationSpec
-from .tables import parse_float, read_csv
+from hubkit.errors import ArtifactError
+from hubkit.formats.tables import parse_float, read_csv
+from hubkit.run.manifest import EvaluationSpec
 
 TRUE = {"1", "true", "yes", "pass", "passed", "y", "t"}
 FALSE = {"0", "false", "no", "fail", "failed", "n", "f"}

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .results import Arm, Evaluation
+    from hubkit.run.evaluations import Arm, Evaluation
 
 ALTERNATIVES = ("greater", "less", "two-sided")
 _H1 = {"greater": "arm > baseline", "less": "arm < baseline", "two-sided": "arm ≠ baseline"}
@@ -297,7 +297,7 @@ def pass_patterns(per_task: dict[str, dict[str, bool]]) -> list[PassPattern]:
 def analyze_counts(arms: list[tuple[str, int, int]], baseline: str | None = None,
                    alternative: str = "greater") -> EvaluationStats:
     """Quick counts (``hubkit stats --arm abl=7/89``): the same analysis without a run directory."""
-    from .results import Arm, Evaluation
+    from hubkit.run.evaluations import Arm, Evaluation
 
     _check_alternative(alternative)
     for arm_id, passes, n in arms:
@@ -389,7 +389,7 @@ def report_run(run_dir: str | Path, alternative: str | None = None) -> str:
     """Every evaluation of a run, tested as declared (or with ``alternative`` overriding the manifest)."""
     import dataclasses
 
-    from .run import load_run
+    from hubkit.run.run import load_run
 
     run = load_run(run_dir)
     if not run.evaluations:

@@ -20,10 +20,10 @@ import os
 import tempfile
 from pathlib import Path
 
-from .directions import to_block_index
-from .errors import PlanError
-from .formatting import layer_span
-from .loading import LoadedDirections, load_directions
+from hubkit.errors import PlanError
+from hubkit.formats.directions import to_block_index
+from hubkit.formatting import layer_span
+from hubkit.use.loading import LoadedDirections, load_directions
 
 ARCH = "controlvector"
 

@@ -1,0 +1,67 @@
+"""Write beside, fsync, rename: the one way hubkit makes a file or folder appear (staging, regenerate, pull,
+export). A killed run leaves only a temporary sibling, which the next run in that folder removes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from hubkit.errors import HubkitError
+
+if TYPE_CHECKING:
+    pass
+
+@contextmanager
+def staging_dir(target: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """A temporary folder beside ``target``, renamed onto it only when the block finishes.
+
+    An interrupted or failed run removes the temporary folder, so ``target`` never holds half a model.
+    """
+    target = Path(target).absolute()
+    if target.exists() and not overwrite and (not target.is_dir() or any(target.iterdir())):
+        raise HubkitError(f"{target}: already exists and is not empty (choose another --out or remove it)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(target)
+    tmp = target.parent / f".{target.name}.hubkit-tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if target.exists():
+            old = target.parent / f".{target.name}.hubkit-old-{os.getpid()}"
+            os.rename(target, old)
+            os.rename(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, target)
+        _fsync_dir(target.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _remove_stale(target: Path) -> None:
+    """Remove temporary folders of earlier runs that were killed (their process is gone)."""
+    for p in target.parent.glob(f".{target.name}.hubkit-tmp-*"):
+        pid = p.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
