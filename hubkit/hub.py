@@ -19,7 +19,6 @@ moved, ``hubkit.json`` at the new head says whether it is our commit (done) or s
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import time
@@ -29,7 +28,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from hubkit.errors import HubError
-from hubkit.formats.hubjson import CARD, HUBKIT_JSON
+from hubkit.formats import hubjson
+from hubkit.formats.hubjson import CARD, HUBKIT_JSON, HistoryEntry, HubJson, HubJsonError
 from hubkit.formatting import human_size
 
 if TYPE_CHECKING:
@@ -67,7 +67,7 @@ class RemoteState:
     head: str | None = None  # the commit the plan is based on (main's head for a branch to be created)
     tags: dict[str, str] = field(default_factory=dict)  # tag name -> commit
     files: dict[str, RemoteFile] = field(default_factory=dict)
-    meta: dict[str, Any] | None = None  # the previous hubkit.json
+    meta: HubJson | None = None  # the previous hubkit.json
     notes: list[str] = field(default_factory=list)
     _readme: str | None = field(default=None, repr=False)
     _readme_loader: Callable[[], str | None] | None = field(default=None, repr=False)
@@ -82,18 +82,15 @@ class RemoteState:
     @property
     def owned(self) -> set[str]:
         """Paths an earlier hubkit publish put there: the only ones hubkit may ever delete."""
-        owned = (self.meta or {}).get("owned") or []
-        return {p for p in owned if isinstance(p, str)}
+        return set(self.meta.owned) if self.meta is not None else set()
 
     @property
     def previous_version(self) -> str | None:
-        v = (self.meta or {}).get("version")
-        return v if isinstance(v, str) else None
+        return self.meta.version if self.meta is not None else None
 
     @property
-    def history(self) -> list[dict[str, Any]]:
-        h = (self.meta or {}).get("history") or []
-        return [dict(e) for e in h if isinstance(e, dict) and isinstance(e.get("version"), str)]
+    def history(self) -> list[HistoryEntry]:
+        return list(self.meta.history) if self.meta is not None else []
 
     def next_version(self) -> str:
         """The highest ``vN`` among the tags and the last hubkit.json, plus one."""
@@ -132,7 +129,10 @@ def _status(e: BaseException) -> int | None:
 def is_transient(e: BaseException) -> bool:
     """5xx / 429 / 408 answers and network failures (refused, reset, timed out, cut mid-response)."""
     import httpx2
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 
+    if any(isinstance(x, (OfflineModeIsEnabled, LocalEntryNotFoundError)) for x in _chain(e)):
+        return False  # offline by choice, or not in the cache: waiting won't help
     status = _status(e)
     if status is not None:
         return status in RETRY_STATUSES
@@ -165,11 +165,27 @@ def _has_token(api: HfApi) -> bool:
 
 def hub_error(e: BaseException, what: str, repo_id: str, api: HfApi, attempts: int = 1) -> HubError:
     """One line a user can act on, from whatever the client raised."""
-    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+        RevisionResolutionError,
+    )
 
     status = _status(e)
-    if any(isinstance(x, RevisionNotFoundError) for x in _chain(e)):
-        return HubError(f"{what}: revision not found in {repo_id} ({_server_message(e)})")
+    chain = _chain(e)
+    if any(isinstance(x, HFValidationError) for x in chain):
+        return HubError(f"{what}: {repo_id} is not a local directory or file, and not a valid Hub repo id "
+                        "(owner/name)")
+    if any(isinstance(x, GatedRepoError) for x in chain):
+        return HubError(f"{what}: {repo_id} is a gated repo; accept its terms on the Hub and set HF_TOKEN")
+    if any(isinstance(x, RevisionNotFoundError) for x in chain):
+        return HubError(f"{what}: no such revision (tag, branch or commit) in {repo_id} ({_server_message(e)})")
+    if any(isinstance(x, (LocalEntryNotFoundError, OfflineModeIsEnabled, RevisionResolutionError)) for x in chain):
+        return HubError(f"{what}: not in the local HF cache and the Hub can't be reached; load it once online")
     if any(isinstance(x, RepositoryNotFoundError) for x in _chain(e)):
         if not _has_token(api):
             return HubError(f"{what}: repo {repo_id} not found, or private and you are not logged in: {LOGIN_HINT}")
@@ -281,21 +297,18 @@ class Hub:
                                                          ).read_bytes().decode("utf-8", errors="replace")
         return state
 
-    def _read_meta(self, repo_id: str, state: RemoteState, meta_file: RemoteFile) -> dict[str, Any] | None:
+    def _read_meta(self, repo_id: str, state: RemoteState, meta_file: RemoteFile) -> HubJson | None:
         if meta_file.size > MAX_JSON_BYTES:
             state.notes.append(f"{HUBKIT_JSON} on the Hub is {human_size(meta_file.size)}: not hubkit's; "
                                f"treating this as a first publish (nothing will be deleted)")
             return None
         path = self.download(repo_id, HUBKIT_JSON, revision=state.head, repo_type=state.repo_type)
         try:
-            meta = json.loads(path.read_text(encoding="utf-8"))  # JSON only: a download is never unpickled
-        except (ValueError, UnicodeDecodeError):
-            meta = None
-        if not isinstance(meta, dict):
-            state.notes.append(f"{HUBKIT_JSON} on the Hub is not valid hubkit JSON; treating this as a first "
-                               f"publish (nothing will be deleted)")
+            return hubjson.parse(path.read_bytes(), f"{repo_id}@{(state.head or '')[:12]}: {HUBKIT_JSON}")
+        except HubJsonError as e:
+            state.notes.append(f"{HUBKIT_JSON} on the Hub is not valid hubkit JSON ({e}); treating this as a "
+                               f"first publish (nothing will be deleted)")
             return None
-        return meta
 
     def download(self, repo_id: str, filename: str, *, revision: str | None, repo_type: str = "model") -> Path:
         return Path(self.call(f"downloading {filename} from {repo_id}", repo_id, self.api.hf_hub_download,
@@ -308,6 +321,46 @@ class Hub:
     def tags(self, repo_id: str, repo_type: str = "model") -> dict[str, str]:
         refs = self.call(f"reading {repo_id}", repo_id, self.api.list_repo_refs, repo_id, repo_type=repo_type)
         return {t.name: t.target_commit for t in refs.tags}
+
+    def resolve(self, repo_id: str, revision: str | None = None, repo_type: str = "model") -> str:
+        """The commit a tag, branch or commit names, resolved once (recorded in the HF cache's refs, so the
+        same call answers offline); every later read is by that commit."""
+        return str(self.call(f"reading {repo_id}{'@' + revision if revision else ''}", repo_id,
+                             lambda: self.api.resolve_revision(repo_id, revision=revision,
+                                                               repo_type=repo_type).resolved))
+
+    def fetch(self, repo_id: str, filename: str, commit: str, *, missing_ok: bool = False,
+              repo_type: str = "model") -> Path | None:
+        """One file at one commit (through the HF cache); None for an absent file when ``missing_ok``."""
+        from huggingface_hub.errors import RemoteEntryNotFoundError
+
+        try:
+            return Path(self.call(f"downloading {filename} from {repo_id}@{commit[:12]}", repo_id,
+                                  self.api.hf_hub_download, repo_id, filename, revision=commit,
+                                  repo_type=repo_type, passthrough=(RemoteEntryNotFoundError,)))
+        except RemoteEntryNotFoundError as e:
+            if missing_ok:
+                return None
+            raise HubError(f"{repo_id}@{commit[:12]}: no file {filename}") from e
+
+    def list_files(self, repo_id: str, commit: str, repo_type: str = "model") -> list[str]:
+        return sorted(self.call(f"listing {repo_id}@{commit[:12]}", repo_id, self.api.list_repo_files,
+                                repo_id, revision=commit, repo_type=repo_type))
+
+    def snapshot(self, repo_id: str, commit: str, *, local_dir: Path | None = None,
+                 allow_patterns: list[str] | None = None) -> Path:
+        """Files of one commit: into ``local_dir``, or the HF cache's snapshot folder."""
+        return Path(self.call(f"downloading {repo_id}@{commit[:12]}", repo_id, self.api.snapshot_download,
+                              repo_id, revision=commit, local_dir=local_dir, allow_patterns=allow_patterns))
+
+    def model_commit(self, repo_id: str, revision: str | None) -> str:
+        return str(self.call(f"reading {repo_id}{'@' + revision if revision else ''}", repo_id,
+                             lambda: self.api.model_info(repo_id, revision=revision).sha))
+
+    def safetensors_metadata(self, repo_id: str, commit: str) -> Any:
+        """The safetensors headers of a checkpoint, by range requests (no tensor data)."""
+        return self.call(f"reading the safetensors headers of {repo_id}@{commit[:12]}", repo_id,
+                         self.api.get_safetensors_metadata, repo_id, revision=commit)
 
     # ----------------------------------------------------------------------- writing
 
@@ -395,9 +448,8 @@ class Hub:
 
 
 def _is_hub_exception(e: BaseException) -> bool:
-    from huggingface_hub.errors import HfHubHTTPError
-
-    return any(isinstance(x, HfHubHTTPError) for x in _chain(e))
+    """Raised by the client about the Hub or its cache (HTTP, offline, validation), not a bug of ours."""
+    return any(type(x).__module__.startswith("huggingface_hub") for x in _chain(e))
 
 
 def stale_error(repo_id: str, parent: str | None) -> HubError:

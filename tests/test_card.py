@@ -14,7 +14,7 @@ from hubkit.cards import model_card as card
 from hubkit.cli import main
 from hubkit.errors import HubkitError
 from hubkit.formats.hashing import HashCache
-from hubkit.formats.hubjson import CARD, HUBKIT_JSON
+from hubkit.formats.hubjson import CARD, HUBKIT_JSON, HistoryEntry
 from hubkit.publish.repo_tree import build_package
 from hubkit.run.run import load_run
 
@@ -40,9 +40,8 @@ def _render(run_dir: Path, cache: HashCache, **kw) -> tuple[str, card.CardData]:
     run = load_run(run_dir)
     pkg = build_package(run, hash_cache=cache, **kw)
     body = [f for f in pkg.files if f.path not in (CARD, HUBKIT_JSON)]
-    meta = {k: v for k, v in pkg.meta.items() if k not in ("files", "owned")}
     text = pkg.file(CARD).data.decode("utf-8")
-    return text, card.build_card_data(run, body, meta)
+    return text, card.build_card_data(run, body, pkg.meta)
 
 
 def _run(tmp_path: Path, manifest: str, files: dict[str, str] | None = None) -> Path:
@@ -236,8 +235,7 @@ def test_superseded_banner_links_successor(tmp_path: Path, cache: HashCache):
 
 
 def test_history_and_version(cache: HashCache):
-    hist = [{"version": "v1", "date": "2026-05-15", "summary": "12 files added"},
-            {"version": "v2", "date": "2026-05-16", "summary": "card | fixed"}]
+    hist = [HistoryEntry("v1", "2026-05-15", "12 files added"), HistoryEntry("v2", "2026-05-16", "card | fixed")]
     text, _ = _render(ROOT / "artifacts" / "capability-vector-v1", cache, history=hist, version="v2")
     assert "## Version history" in text
     assert "| v1 | 2026-05-15 | 12 files added |" in text and "| v2 | 2026-05-16 | card \\| fixed |" in text

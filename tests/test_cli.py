@@ -4,9 +4,10 @@ import subprocess
 import sys
 
 from click.testing import CliRunner
-from .helpers import copy_example, write_run
 
 from hubkit.cli import main
+
+from .helpers import copy_example, write_run
 
 
 def invoke(*args: str):

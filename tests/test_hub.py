@@ -6,6 +6,7 @@ import pytest
 
 from hubkit.errors import HubError
 from hubkit.formats.hashing import sha256_bytes
+from hubkit.formats.hubjson import HubJson
 from hubkit.hub import Hub, RemoteFile, RemoteState, hub_error, is_stale, is_transient
 from hubkit.publish.plan import diff_package, git_blob_sha1
 from hubkit.publish.repo_tree import Package, PackageFile
@@ -18,7 +19,7 @@ def _pf(path: str, data: bytes, kind: str = "data") -> PackageFile:
 def test_next_version_is_highest_tag_or_hubkit_json_plus_one():
     s = RemoteState("o/r", tags={"v1": "a", "v3": "b", "release-9": "c", "v10x": "d"})
     assert s.next_version() == "v4"
-    s.meta = {"version": "v5"}  # committed, its tag lost: never reuse v5
+    s.meta = HubJson(version="v5")  # committed, its tag lost: never reuse v5
     assert s.next_version() == "v6" and s.missing_tag() == "v5"
     assert RemoteState("o/r").next_version() == "v1"
 
@@ -33,7 +34,7 @@ def test_diff_compares_lfs_by_sha256_regular_by_git_oid_and_deletes_only_owned()
         "gone.txt": RemoteFile("gone.txt", 3, "y" * 40),
         "theirs.txt": RemoteFile("theirs.txt", 3, "z" * 40),
         ".gitattributes": RemoteFile(".gitattributes", 3, "q" * 40),
-    }, meta={"owned": ["w.safetensors", "a.txt", "b.txt", "gone.txt", ".gitattributes", "never-there.txt"]})
+    }, meta=HubJson(owned=["w.safetensors", "a.txt", "b.txt", "gone.txt", ".gitattributes", "never-there.txt"]))
     adds, changes, deletes, unchanged = diff_package(Package([same_lfs, same_txt, changed, added], {}), state)
     assert [f.path for f in adds] == ["c.txt"] and [f.path for f in changes] == ["b.txt"]
     assert sorted(f.path for f in unchanged) == ["a.txt", "w.safetensors"]

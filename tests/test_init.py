@@ -3,12 +3,13 @@
 import re
 
 import pytest
-from .helpers import EXAMPLES, copy_example
 
 from hubkit.errors import ManifestError
 from hubkit.run.init import draft_manifest, write_draft
 from hubkit.run.manifest import parse_manifest
 from hubkit.run.run import validate_run
+
+from .helpers import EXAMPLES, copy_example
 
 FILL = {"status": "null-result", "base_model": "Qwen/Qwen3.5-4B", "layer": "22", "name": "terminal-bench-2",
         "baseline": "base"}

@@ -263,7 +263,7 @@ def test_hub_plain_safetensors_repo_loads(api, rid, hf_cache, tmp_path, no_unpic
 
 
 def test_hub_errors_are_one_line_hub_errors(api, rid, hf_cache, staged):
-    with pytest.raises(HubError, match="repository not found"):
+    with pytest.raises(HubError, match="repo tester/does-not-exist not found"):
         load_direction("tester/does-not-exist")
     _publish(api, rid, staged["persona-vector"], "v1")
     with pytest.raises(HubError, match="no such revision"):

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from .helpers import EXAMPLES, copy_example
 from safetensors import safe_open
 
 from hubkit.errors import HubkitError
@@ -15,6 +14,8 @@ from hubkit.formats.hashing import HashCache
 from hubkit.publish.commit import stage_run
 from hubkit.publish.repo_tree import build_package, stage
 from hubkit.run.run import load_run
+
+from .helpers import EXAMPLES, copy_example
 
 
 def tree(root: Path) -> dict[str, bytes]:

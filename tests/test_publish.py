@@ -392,7 +392,6 @@ def _run_with_weights(tmp_path: Path, shards: int, size: int) -> Path:
 
 
 def test_weights_upload_once_and_only_changed_shards_again(hub, repo_id, tmp_path, monkeypatch):
-    import hubkit.publish.repo_tree as package
 
     run = _run_with_weights(tmp_path, shards=3, size=300 * 1024)
     r0 = pub(run, repo_id)

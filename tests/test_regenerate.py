@@ -189,8 +189,9 @@ def test_snapshot_of_another_revision_is_refused(base: Path, tmp_path: Path) -> 
 def test_tampered_direction_file_is_refused(base: Path, tmp_path: Path) -> None:
     staged = make_recipe(tmp_path / "staged")
     meta = json.loads((staged / "hubkit.json").read_text())
+    size = (staged / "vectors/persona.safetensors").stat().st_size
     meta["files"] = [
-        {"path": "vectors/persona.safetensors", "size": 1, "sha256": "0" * 64, "kind": "direction"}
+        {"path": "vectors/persona.safetensors", "size": size, "sha256": "0" * 64, "kind": "direction"}
     ]
     (staged / "hubkit.json").write_text(json.dumps(meta))
     with pytest.raises(ProvenanceError, match="vectors/persona.safetensors: sha256"):
@@ -290,7 +291,7 @@ def test_hub_source_resolved_once_and_base_fetched_selectively(
     local = rg.regenerate(staged, base_model=base, out=tmp_path / "local", progress=False)
     assert local.shards_sha256 == res.shards_sha256
 
-    with pytest.raises(HubError, match="can't read the repo"):
+    with pytest.raises(HubError, match="no such revision"):
         rg.regenerate(repo_id, revision="v9", out=tmp_path / "o")
 
 

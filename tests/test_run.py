@@ -5,10 +5,11 @@ import sys
 
 import pytest
 import torch
-from .helpers import EXAMPLES, copy_example, write_run
 
 from hubkit.errors import HubkitError, ValidationFailed
 from hubkit.run.run import load_run, matches, validate_run
+
+from .helpers import EXAMPLES, copy_example, write_run
 
 BASE = """
 title: t

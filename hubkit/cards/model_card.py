@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from hubkit import __version__
 from hubkit.errors import HubkitError
+from hubkit.formats.hubjson import HistoryEntry
 from hubkit.formatting import human_size, layer_span
 from hubkit.run.stats import EvaluationStats, analyze_evaluation, format_ci, format_p, format_pct
 
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     import jinja2
     from huggingface_hub import ModelCardData
 
+    from hubkit.formats.hubjson import FileRecord, HubJson, RegenerateRecord
     from hubkit.publish.repo_tree import PackageFile
     from hubkit.run.ranking import Ranking
     from hubkit.run.run import Run
@@ -209,13 +211,6 @@ class Reproducibility:
 
 
 @dataclass
-class HistoryEntry:
-    version: str
-    date: str | None
-    summary: str | None
-
-
-@dataclass
 class Citation:
     key: str
     title: str
@@ -368,17 +363,17 @@ def card_for_run(run_dir: str | Path, *, template_dir: str | Path | None = None)
 # --------------------------------------------------------------------------- card data
 
 
-def build_card_data(run: Run, files: list[PackageFile], meta: dict[str, Any]) -> CardData:
+def build_card_data(run: Run, files: list[FileRecord], meta: HubJson) -> CardData:
     """Compute everything the card shows from the loaded run, its package files and ``hubkit.json``."""
     m = run.manifest
-    repo_id = meta.get("repo_id") or m.repo_id
+    repo_id = meta.repo_id or m.repo_id
     related = [RelatedView(r.repo_id, r.relation, r.note, f"{HUB}/{r.repo_id}") for r in m.related]
     successor = next((r for r in related if r.relation == "superseded-by"), None)
     evaluations = [analyze_evaluation(ev) for ev in run.evaluations]
     directions = _directions(run, meta)
     rankings = _rankings(run, plot_paths(run))
     file_views = _files(run, files, rankings)
-    ds_repo = meta.get("dataset_repo")
+    ds_repo = meta.dataset_repo
     front = model_card_data(run, evaluations, files, repo_id, ds_repo)
     conventions = sorted({d.convention for d in directions} | {r.convention for r in rankings})
     return CardData(
@@ -387,7 +382,7 @@ def build_card_data(run: Run, files: list[PackageFile], meta: dict[str, Any]) ->
         title=m.title,
         repo_id=repo_id,
         repo_url=f"{HUB}/{repo_id}" if repo_id else None,
-        version=meta.get("version"),
+        version=meta.version,
         banner=Banner(m.status, STATUS_LABELS.get(m.status, m.status), _oneline(m.status_note),
                       successor if m.status == "superseded" else None),
         summary=_embed(run.summary) if run.summary and run.summary.strip() else None,
@@ -400,19 +395,18 @@ def build_card_data(run: Run, files: list[PackageFile], meta: dict[str, Any]) ->
         contrasts=[ContrastView(c.label, c.file, c.count, [_example(p) for p in c.examples(EXAMPLES)],
                                 len(c.duplicates)) for c in run.contrasts],
         quick_use=_quick_use(run, repo_id, directions),
-        rebuild=_rebuild(run, repo_id, meta.get("regenerate")),
+        rebuild=_rebuild(run, repo_id, meta.regenerate),
         reproducibility=_reproducibility(run, file_views),
         files=file_views,
         left_out=_left_out(run),
         related=related,
         dataset=RelatedView(ds_repo, "dataset", None, f"{HUB}/datasets/{ds_repo}") if ds_repo else None,
-        history=[HistoryEntry(str(h.get("version", "")), h.get("date"), h.get("summary"))
-                 for h in meta.get("history") or []],
-        citation=_citation(run, repo_id, meta.get("version")),
+        history=list(meta.history),
+        citation=_citation(run, repo_id, meta.version),
     )
 
 
-def model_card_data(run: Run, evaluations: list[EvaluationStats], files: list[PackageFile],
+def model_card_data(run: Run, evaluations: list[EvaluationStats], files: list[FileRecord],
                     repo_id: str | None = None, dataset_repo: str | None = None) -> ModelCardData:
     """The front matter, through huggingface_hub so that ``ModelCard.load`` reads back the same thing.
 
@@ -454,20 +448,20 @@ def model_card_data(run: Run, evaluations: list[EvaluationStats], files: list[Pa
     )
 
 
-def _directions(run: Run, meta: dict[str, Any]) -> list[DirectionView]:
+def _directions(run: Run, meta: HubJson) -> list[DirectionView]:
     from hubkit.formats.directions import to_block_index
 
-    entries = {e["name"]: e for e in meta.get("directions") or []}
+    entries = {e.name: e for e in meta.directions}
     out = []
     for ds in run.directions:
-        e = entries.get(ds.name, {})
+        e = entries.get(ds.name)
         spec = run.manifest.direction(ds.name)
         norms = list(ds.norms.values())
         block = to_block_index(ds.selected_layer, ds.layer_convention) if ds.selected_layer is not None else None
         out.append(DirectionView(
             name=ds.name,
-            file=e.get("file") or (spec.file if spec else ds.source),
-            canonical=e.get("canonical") or f"vectors/{ds.name}.safetensors",
+            file=(e.file if e else None) or (spec.file if spec else ds.source),
+            canonical=(e.canonical if e else None) or f"vectors/{ds.name}.safetensors",
             layers=ds.layer_ids,
             d=ds.d,
             norm_min=min(norms),
@@ -612,21 +606,21 @@ def _quick_use(run: Run, repo_id: str | None, directions: list[DirectionView]) -
                     gguf_base=f"{m.base_model.split('/')[-1]}.gguf" if m.base_model else "BASE_MODEL.gguf")
 
 
-def _rebuild(run: Run, repo_id: str | None, entry: dict[str, Any] | None) -> Rebuild | None:
-    if not entry or entry.get("layer") is None or not entry.get("base_model"):
+def _rebuild(run: Run, repo_id: str | None, entry: RegenerateRecord | None) -> Rebuild | None:
+    if entry is None or entry.layer is None or not entry.base_model:
         return None
     m = run.manifest
     wsizes = [f.size for f in run.files if f.kind == "weights"]
     return Rebuild(
         repo_id=repo_id or "OWNER/NAME",
-        direction=entry["direction"],
-        layer=int(entry["layer"]),
-        convention=entry.get("layer_convention") or "block",
-        targets=list(entry.get("targets") or []),
-        target_text=[TARGET_TEXT.get(t, f"`{t}`") for t in entry.get("targets") or []],
-        base_model=entry["base_model"],
-        base_model_revision=entry.get("base_model_revision"),
-        verified=bool(entry.get("shards_sha256")),
+        direction=entry.direction,
+        layer=int(entry.layer),
+        convention=entry.layer_convention or "block",
+        targets=list(entry.targets),
+        target_text=[TARGET_TEXT.get(t, f"`{t}`") for t in entry.targets],
+        base_model=entry.base_model,
+        base_model_revision=entry.base_model_revision,
+        verified=bool(entry.shards_sha256),
         weights_path=m.weights.path.rstrip("/") + "/" if m.weights else None,
         weights_size=sum(wsizes) if wsizes else None,
         weights_published=bool(m.weights and m.weights.publish),

@@ -8,12 +8,9 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from hubkit.errors import HubkitError
 
-if TYPE_CHECKING:
-    pass
 
 @contextmanager
 def staging_dir(target: str | Path, *, overwrite: bool = False) -> Iterator[Path]:

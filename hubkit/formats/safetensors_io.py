@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from hubkit.errors import PlanError
 
 if TYPE_CHECKING:
-    pass
+    import torch
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -135,10 +135,6 @@ def config_facts(config: dict[str, Any], where: str = "config.json") -> tuple[st
     return str(model_type), d, n
 
 
-# ====================================================================== name-pattern tables
-
-# How a matched tensor is edited, decided from the pattern and checked against its shape:
-#   "embed"   [vocab, d]              rows
 def torch_dtype(code: str) -> torch.dtype:
     import torch
 

@@ -32,7 +32,7 @@ from typing import Any
 from hubkit import __version__
 from hubkit.errors import HubError, HubkitError
 from hubkit.formats.hashing import HashCache, sha256_bytes
-from hubkit.formats.hubjson import CARD, HUBKIT_JSON, meta_bytes
+from hubkit.formats.hubjson import CARD, HUBKIT_JSON, FileRecord, HistoryEntry, HubJson
 from hubkit.hub import VERSION_RE, Hub, RemoteState
 from hubkit.publish.plan import FileChange, PublishPlan, diff_package, git_blob_sha1
 from hubkit.publish.repo_tree import Package, PackageFile, build_package, stage
@@ -129,14 +129,14 @@ def publish(
         scanned = _scan(root, manifest, roles, with_weights=True, done=scanned)
         notes.append(f"weights were published before ({state.previous_version}); keeping them published "
                      f"(changed shards are uploaded, unchanged ones are not)")
-    if dataset_repo is None and isinstance((state.meta or {}).get("dataset_repo"), str):
-        dataset_repo = state.meta["dataset_repo"]  # type: ignore[index]
+    if dataset_repo is None and state.meta is not None and state.meta.dataset_repo:
+        dataset_repo = state.meta.dataset_repo
         notes.append(f"companion dataset {dataset_repo} (as in {state.previous_version})")
 
     if not (dataset_repo or record_regeneration) and _fast_unchanged(
             root, manifest, roles, state, with_weights=with_weights, repo_id=repo_id, progress=progress):
-        prev_files = [FileChange(f["path"], int(f.get("size") or 0), str(f.get("kind")))
-                      for f in state.meta.get("files") or [] if isinstance(f, dict)]  # type: ignore[union-attr]
+        assert state.meta is not None
+        prev_files = [FileChange(f.path, f.size, f.kind) for f in state.meta.files]
         return _nothing_changed(hub, prev_files, state.readme or "", state, None, notes, branch=branch,
                                 private=private, create_pr=create_pr, dry_run=dry_run)
 
@@ -178,8 +178,8 @@ def publish(
     if message:
         summary = f"{message} ({summary})"
     today = _dt.datetime.now(_dt.UTC).date().isoformat()
-    history = [h for h in state.history if h.get("version") != new_version]
-    history.append({"version": new_version, "date": today, "summary": summary})
+    history = [h for h in state.history if h.version != new_version]
+    history.append(HistoryEntry(new_version, today, summary))
     package = build_package(run, version=new_version, history=history, progress=False, **common)
     _merge_card(package, state, notes)
 
@@ -248,13 +248,14 @@ def _model_type(base_dir: Path) -> str | None:
 
 
 def _had_weights(state: RemoteState) -> bool:
-    files = (state.meta or {}).get("files") or []
-    return any(isinstance(f, dict) and f.get("kind") == "weights" and f.get("path") in state.files for f in files)
+    files = state.meta.files if state.meta is not None else []
+    return any(f.kind == "weights" and f.path in state.files for f in files)
 
 
-def _meta_key(meta: dict[str, Any]) -> Any:
+def _meta_key(meta: HubJson) -> Any:
     """The manifest-derived part of hubkit.json, normalized through JSON (tuples vs lists, ...)."""
-    return json.loads(json.dumps({k: v for k, v in meta.items() if k not in VOLATILE_META}, sort_keys=True))
+    return json.loads(json.dumps({k: v for k, v in meta.to_dict().items() if k not in VOLATILE_META},
+                                 sort_keys=True))
 
 
 def _unchanged(package: Package, state: RemoteState) -> bool:
@@ -263,7 +264,7 @@ def _unchanged(package: Package, state: RemoteState) -> bool:
         return False
     if any(p not in state.files for p in VOLATILE_FILES):
         return False
-    prev = {f.get("path"): f.get("sha256") for f in state.meta.get("files") or [] if isinstance(f, dict)}
+    prev: dict[str, str] = state.meta.sha256s()
     new = {f.path: f.sha256 for f in package.files}
     for p in VOLATILE_FILES:
         prev.pop(p, None)
@@ -315,15 +316,15 @@ def _fast_unchanged(root: Path, m: Manifest, roles: dict[str, str], state: Remot
     from hubkit import __version__
 
     meta = state.meta
-    if (meta is None or not state.branch_exists or meta.get("hubkit_version") != __version__
-            or meta.get("repo_id") != repo_id or meta.get("dataset_repo")
-            or (meta.get("regenerate") or {}).get("shards_sha256")):
+    if (meta is None or not state.branch_exists or meta.hubkit_version != __version__
+            or meta.repo_id != repo_id or meta.dataset_repo
+            or (meta.regenerate is not None and meta.regenerate.shards_sha256)):
         return False
-    listed = {f.get("path"): f for f in meta.get("files") or [] if isinstance(f, dict)}
+    listed = {f.path: f for f in meta.files}
     if any(p not in state.files for p in VOLATILE_FILES) or CARD not in listed:
         return False  # (hubkit.json never lists itself)
-    generated = {d.get("canonical") for d in meta.get("directions") or [] if isinstance(d, dict)}
-    generated |= {p for p, f in listed.items() if f.get("kind") in ("asset", "card", "metadata")}
+    generated = {d.canonical for d in meta.directions}
+    generated |= {p for p, f in listed.items() if f.kind in ("asset", "card", "metadata")}
     run_files = {p: f for p, f in listed.items() if p not in generated}
     entries = [e for e in inventory(root, m, roles, with_weights=with_weights)
                if e.included and e.path not in generated]
@@ -332,8 +333,7 @@ def _fast_unchanged(root: Path, m: Manifest, roles: dict[str, str], state: Remot
     cache = HashCache()
     with cache.batch(sum(e.size for e in entries), progress) as bar:
         for e in entries:
-            if e.size != run_files[e.path].get("size") or cache.sha256(root / e.path, bar) != run_files[e.path].get(
-                    "sha256"):
+            if e.size != run_files[e.path].size or cache.sha256(root / e.path, bar) != run_files[e.path].sha256:
                 return False
     for path, f in listed.items():
         remote = state.files.get(path)
@@ -342,12 +342,12 @@ def _fast_unchanged(root: Path, m: Manifest, roles: dict[str, str], state: Remot
         if path in VOLATILE_FILES:
             continue  # present is enough: they carry the history (as in the full path)
         if remote.sha256 is not None:
-            if remote.sha256 != f.get("sha256"):
+            if remote.sha256 != f.sha256:
                 return False
         elif path not in run_files:
             return False  # a generated file stored as a regular git blob: let the full build compare it
         else:
-            pf = PackageFile(path, int(f.get("size") or 0), str(f.get("sha256")), "", source=root / path)
+            pf = PackageFile(path, f.size, f.sha256, "", source=root / path)
             if remote.blob_id != git_blob_sha1(pf):
                 return False
     owned_left = {p for p in state.owned if p in state.files and p not in listed
@@ -357,20 +357,19 @@ def _fast_unchanged(root: Path, m: Manifest, roles: dict[str, str], state: Remot
 
 def _restored(package: Package, state: RemoteState) -> list[str]:
     """Files the previous hubkit.json lists with the same sha256 but that the tree lost or altered."""
-    prev = {f.get("path"): f.get("sha256") for f in (state.meta or {}).get("files") or [] if isinstance(f, dict)}
+    prev = state.meta.sha256s() if state.meta is not None else {}
     adds, changes, _, _ = diff_package(package, state)
     return sorted(c.path for c in adds + changes
                   if c.path not in VOLATILE_FILES and (pf := package.file(c.path)) and prev.get(c.path) == pf.sha256)
 
 
-def change_summary(package: Package, prev_meta: dict[str, Any] | None, restored: list[str] = ()) -> str:  # type: ignore[assignment]
+def change_summary(package: Package, prev_meta: HubJson | None, restored: list[str] = ()) -> str:  # type: ignore[assignment]
     """One line: files added / changed / removed since the previous hubkit.json, files restored that the
     tree lost, and metadata changes."""
     new = {f.path: f.sha256 for f in package.files if f.path not in VOLATILE_FILES}
     if not prev_meta:
         return f"first publish: {len(new)} files"
-    prev = {f.get("path"): f.get("sha256") for f in prev_meta.get("files") or []
-            if isinstance(f, dict) and f.get("path") not in VOLATILE_FILES}
+    prev = {p: h for p, h in prev_meta.sha256s().items() if p not in VOLATILE_FILES}
     added = sorted(p for p in new if p not in prev)
     changed = sorted(p for p in new if p in prev and prev[p] != new[p])
     removed = sorted(str(p) for p in prev if p not in new)
@@ -451,8 +450,7 @@ def _merge_card(package: Package, state: RemoteState, notes: list[str]) -> None:
 
     if state.readme is None:
         return
-    prev_files = {f.get("path"): f.get("sha256") for f in (state.meta or {}).get("files") or []
-                  if isinstance(f, dict)}
+    prev_files = state.meta.sha256s() if state.meta is not None else {}
     if prev_files.get(CARD) == sha256_bytes(state.readme.encode("utf-8")):
         return  # our own card, untouched since
     old, _ = _split_front_matter(state.readme)
@@ -551,7 +549,7 @@ def push_model_folder(
     hub = hub or Hub()
     state = hub.read_state(repo_id)
     content = {f.path: f.sha256 for f in files}
-    before = {f.get("path"): f.get("sha256") for f in (state.meta or {}).get("files") or [] if isinstance(f, dict)}
+    before = state.meta.sha256s() if state.meta is not None else {}
     unchanged = (state.meta is not None and before == content
                  and all(p in state.files for p in content) and HUBKIT_JSON in state.files)
     if unchanged:
@@ -569,18 +567,12 @@ def push_model_folder(
     if message:
         summary = f"{message} ({summary})"
     today = _dt.datetime.now(_dt.UTC).date().isoformat()
-    meta: dict[str, Any] = {
-        "hubkit_version": __version__,
-        "kind": "regenerated-weights",
-        "version": version,
-        "repo_id": repo_id,
-        "source": source or (prev or {}).get("source"),
-        "history": [h for h in state.history if h.get("version") != version]
-        + [{"version": version, "date": today, "summary": summary}],
-        "files": [{"path": f.path, "size": f.size, "sha256": f.sha256, "kind": f.kind} for f in files],
-        "owned": sorted(content) + [HUBKIT_JSON],
-    }
-    blob = meta_bytes(meta)
+    meta = HubJson(kind="regenerated-weights", hubkit_version=__version__, version=version, repo_id=repo_id,
+                   source=source or (prev.source if prev is not None else None),
+                   history=[h for h in state.history if h.version != version]
+                   + [HistoryEntry(version, today, summary)])
+    meta.set_files([FileRecord(f.path, f.size, f.sha256, f.kind) for f in files])
+    blob = meta.to_bytes()
     package = Package(files=sorted(files + [PackageFile(HUBKIT_JSON, len(blob), sha256_bytes(blob), "metadata",
                                                         data=blob)], key=lambda f: f.path), meta=meta)
     adds, changes, deletes, same = diff_package(package, state)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from hubkit import __version__
 from hubkit.errors import HubkitError
 from hubkit.formats.hashing import sha256_bytes
-from hubkit.formats.hubjson import CARD, HUBKIT_JSON
+from hubkit.formats.hubjson import CARD, HUBKIT_JSON, FileRecord, HubJson
 from hubkit.publish.repo_tree import Package, PackageFile
 
 if TYPE_CHECKING:
@@ -126,16 +126,11 @@ def build_dataset(run: Run, *, model_repo: str | None) -> tuple[Package, list[Da
     readme = render_readme(run, configs, model_repo).encode("utf-8")
     files[CARD] = PackageFile(CARD, len(readme), sha256_bytes(readme), "card", data=readme)
     listed = sorted(files.values(), key=lambda f: f.path)
-    meta: dict[str, Any] = {
-        "hubkit_version": __version__,
-        "kind": "dataset",
-        "model_repo": model_repo,
-        "configs": [{"name": c.name, "path": c.path, "source": c.source, "rows": c.rows, "columns": c.columns}
-                    for c in configs],
-        "files": [{"path": f.path, "size": f.size, "sha256": f.sha256, "kind": f.kind} for f in listed],
-        "owned": sorted([f.path for f in listed] + [HUBKIT_JSON]),
-    }
-    blob = (json.dumps(meta, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    meta = HubJson(kind="dataset", hubkit_version=__version__, model_repo=model_repo,
+                   configs=[{"name": c.name, "path": c.path, "source": c.source, "rows": c.rows,
+                             "columns": c.columns} for c in configs])
+    meta.set_files([FileRecord(f.path, f.size, f.sha256, f.kind) for f in listed])
+    blob = meta.to_bytes()
     files[HUBKIT_JSON] = PackageFile(HUBKIT_JSON, len(blob), sha256_bytes(blob), "metadata", data=blob)
     return Package(files=sorted(files.values(), key=lambda f: f.path), meta=meta), configs
 

@@ -12,12 +12,19 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from hubkit import __version__
 from hubkit.errors import HubkitError
 from hubkit.formats.hashing import HashCache, sha256_bytes
-from hubkit.formats.hubjson import CARD, HUBKIT_JSON, meta_bytes
+from hubkit.formats.hubjson import (
+    CARD,
+    HUBKIT_JSON,
+    DirectionRecord,
+    FileRecord,
+    HistoryEntry,
+    HubJson,
+    RegenerateRecord,
+)
 from hubkit.run.run import Run
 
 
@@ -37,7 +44,7 @@ class PackageFile:
 @dataclass
 class Package:
     files: list[PackageFile]
-    meta: dict[str, Any]  # the content of hubkit.json
+    meta: HubJson  # the content of hubkit.json
     notes: list[str] = field(default_factory=list)
 
     def file(self, path: str) -> PackageFile | None:
@@ -53,10 +60,10 @@ class Package:
         if pf is None or path == HUBKIT_JSON:
             raise KeyError(path)
         pf.data, pf.size, pf.sha256, pf.source = data, len(data), sha256_bytes(data), None
-        for entry in self.meta.get("files", []):
-            if entry.get("path") == path:
-                entry["size"], entry["sha256"] = pf.size, pf.sha256
-        blob = meta_bytes(self.meta)
+        entry = self.meta.file(path)
+        if entry is not None:
+            entry.size, entry.sha256 = pf.size, pf.sha256
+        blob = self.meta.to_bytes()
         hj = self.file(HUBKIT_JSON)
         if hj is not None:
             hj.data, hj.size, hj.sha256 = blob, len(blob), sha256_bytes(blob)
@@ -75,43 +82,41 @@ def _canonical_bytes(run: Run) -> dict[str, bytes]:
     return {canonical_path(ds.name): canonical_bytes(ds) for ds in run.directions}
 
 
-def direction_entries(run: Run) -> list[dict[str, Any]]:
+def direction_entries(run: Run) -> list[DirectionRecord]:
     entries = []
     for ds in run.directions:
         spec = run.manifest.direction(ds.name)
-        entries.append({
-            "name": ds.name,
-            "file": spec.file if spec else ds.source,
-            "canonical": canonical_path(ds.name),
-            "layers": ds.layer_ids,
-            "d": ds.d,
-            "selected_layer": ds.selected_layer,
-            "layer_convention": ds.layer_convention,
-            "unit_norm": ds.unit_norm,
-            "method": ds.method,
-        })
+        entries.append(DirectionRecord(
+            name=ds.name,
+            file=spec.file if spec else ds.source,
+            canonical=canonical_path(ds.name),
+            layers=ds.layer_ids,
+            d=ds.d,
+            selected_layer=ds.selected_layer,
+            layer_convention=ds.layer_convention,
+            unit_norm=ds.unit_norm,
+            method=ds.method,
+        ))
     return entries
 
 
 def regenerate_entry(run: Run, shards_sha256: dict[str, str] | None = None,
-                     model_type: str | None = None) -> dict[str, Any] | None:
+                     model_type: str | None = None) -> RegenerateRecord | None:
+    """The recipe as hubkit.json records it (``model_type`` and shard hashes once recorded against a base)."""
     r = run.manifest.regenerate
     if r is None:
         return None
     ds = run.direction(r.direction)
-    entry: dict[str, Any] = {
-        "direction": r.direction,
-        "layer": r.layer if r.layer is not None else ds.selected_layer,
-        "layer_convention": ds.layer_convention,
-        "targets": list(r.targets),
-        "base_model": run.manifest.base_model,
-        "base_model_revision": run.manifest.base_model_revision,
-    }
-    if model_type:  # known when the regeneration was recorded against a base checkpoint
-        entry["model_type"] = model_type
-    if shards_sha256:
-        entry["shards_sha256"] = dict(sorted(shards_sha256.items()))
-    return entry
+    return RegenerateRecord(
+        direction=r.direction,
+        layer=r.layer if r.layer is not None else ds.selected_layer,
+        layer_convention=ds.layer_convention,
+        targets=list(r.targets),
+        base_model=run.manifest.base_model,
+        base_model_revision=run.manifest.base_model_revision,
+        model_type=model_type,
+        shards_sha256=shards_sha256,
+    )
 
 
 def build_package(
@@ -119,7 +124,7 @@ def build_package(
     *,
     template_dir: str | Path | None = None,
     version: str | None = None,
-    history: list[dict[str, Any]] | None = None,
+    history: list[HistoryEntry] | None = None,
     shards_sha256: dict[str, str] | None = None,
     base_model_type: str | None = None,
     repo_id: str | None = None,
@@ -146,25 +151,23 @@ def build_package(
     for path, (data, kind) in generated.items():
         files[path] = PackageFile(path, len(data), sha256_bytes(data), kind, data=data)
 
-    meta: dict[str, Any] = {
-        "hubkit_version": __version__,
-        "version": version,
-        "repo_id": repo_id or run.manifest.repo_id,
-        "run": run.manifest.to_dict(),
-        "directions": direction_entries(run),
-        "regenerate": regenerate_entry(run, shards_sha256, base_model_type),
-        "dataset_repo": dataset_repo,
-        "history": history or [],
-    }
+    meta = HubJson(
+        hubkit_version=__version__,
+        version=version,
+        repo_id=repo_id or run.manifest.repo_id,
+        run=run.manifest.to_dict(),
+        directions=direction_entries(run),
+        regenerate=regenerate_entry(run, shards_sha256, base_model_type),
+        dataset_repo=dataset_repo,
+        history=list(history or []),
+    )
     body_files = sorted(files.values(), key=lambda f: f.path)
     data = card.build_card_data(run, body_files, meta)
     readme = card.render_card(data, template_dir=template_dir).encode("utf-8")
     files[CARD] = PackageFile(CARD, len(readme), sha256_bytes(readme), "card", data=readme)
 
-    listed = sorted(files.values(), key=lambda f: f.path)
-    meta["files"] = [{"path": f.path, "size": f.size, "sha256": f.sha256, "kind": f.kind} for f in listed]
-    meta["owned"] = sorted([f.path for f in listed] + [HUBKIT_JSON])
-    blob = meta_bytes(meta)
+    meta.set_files([FileRecord(f.path, f.size, f.sha256, f.kind) for f in files.values()])
+    blob = meta.to_bytes()
     files[HUBKIT_JSON] = PackageFile(HUBKIT_JSON, len(blob), sha256_bytes(blob), "metadata", data=blob)
     return Package(files=sorted(files.values(), key=lambda f: f.path), meta=meta, notes=list(run.notes))
 

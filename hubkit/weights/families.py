@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    pass
 
 TARGETS = ("embed_tokens", "attn_out", "mlp_down", "lm_head")
 DEFAULT_TARGETS = ("embed_tokens", "attn_out", "mlp_down")
+
+# How a matched tensor is edited, decided from the pattern and checked against its shape:
+#   "embed"   [vocab, d]              rows
 #   "matrix"  [d, in]                 cols
 #   "bias"    [d] or [E, d]           rows
 #   "experts" [E, d, i] or [E, i, d]  cols / rows by which axis has size d (family.fused_d_last breaks ties)

@@ -9,7 +9,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hubkit.errors import PlanError
 from hubkit.formats.safetensors_io import (
@@ -22,9 +22,6 @@ from hubkit.formats.safetensors_io import (
     text_config,
 )
 from hubkit.weights.families import DEFAULT_TARGETS, GENERIC, TARGETS, Family, family_for
-
-if TYPE_CHECKING:
-    pass
 
 
 @dataclass(frozen=True)

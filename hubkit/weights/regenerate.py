@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hubkit import __version__
-from hubkit.errors import DirectionError, HubError, HubkitError, ProvenanceError, first_line
+from hubkit.errors import DirectionError, HubkitError, ProvenanceError
 from hubkit.formats.atomic import staging_dir
-from hubkit.formats.hashing import sha256_file
+from hubkit.formats.hubjson import HUBKIT_JSON
 from hubkit.formats.safetensors_io import INDEX_NAME, config_facts, read_config, read_index
-from hubkit.formats.tables import read_json_object
 from hubkit.formatting import layer_span
+from hubkit.hub import Hub
 from hubkit.run.manifest import is_repo_id
+from hubkit.source import RepoSource
 from hubkit.weights.executor import ExecutionResult, TensorCheck, execute_plan
 from hubkit.weights.families import DEFAULT_TARGETS
 from hubkit.weights.plan import TensorPlan, build_plan
@@ -33,7 +34,6 @@ from hubkit.weights.plan import TensorPlan, build_plan
 if TYPE_CHECKING:
     from hubkit.run.run import Run
 
-HUBKIT_JSON = "hubkit.json"
 #: what is fetched of a base model and copied into the output (weights are rewritten, the rest copied)
 BASE_PATTERNS = [
     "*.safetensors",
@@ -92,62 +92,50 @@ def _direction_key(block: int, convention: str) -> int:
     return block if convention == "block" else block + 1
 
 
-def recipe_from_meta(
-    meta: dict[str, Any],
-    root: Path,
-    *,
-    where: str,
-    source: str,
-    revision: str | None = None,
-    fetch: Any = None,
-) -> Recipe:
-    """Parse ``hubkit.json``; ``fetch(path) -> Path`` gets a repo file (local root or Hub download)."""
+def recipe_from_source(source: RepoSource) -> Recipe:
+    """The recipe ``hubkit.json`` records in a published repo, its direction file verified by sha256."""
     from hubkit.formats.directions import canonical_layout, canonical_vector, to_block_index
 
-    regen = meta.get("regenerate")
-    if not isinstance(regen, dict):
+    where = f"{source.where}: {HUBKIT_JSON}"
+    meta = source.meta
+    if meta is None:
+        raise HubkitError(f"{source.where}: no {HUBKIT_JSON} (not a hubkit repo)")
+    regen = meta.regenerate
+    if regen is None:
         raise HubkitError(f"{where}: no 'regenerate' recipe (this run publishes no abliteration recipe)")
-    name = regen.get("direction")
-    entry = next((d for d in meta.get("directions") or [] if d.get("name") == name), None)
-    if entry is None or not entry.get("canonical"):
+    entry = meta.direction(regen.direction)
+    if entry is None or not entry.canonical:
         raise HubkitError(
-            f"{where}: regenerate.direction '{name}' has no entry with a canonical file in directions"
+            f"{where}: regenerate.direction '{regen.direction}' has no entry with a canonical file in directions"
         )
-    if regen.get("layer") is None:
+    if regen.layer is None:
         raise HubkitError(f"{where}: regenerate.layer is missing")
-    rel = entry["canonical"]
-    path = fetch(rel) if fetch else root / rel
-    recorded = next((f.get("sha256") for f in meta.get("files") or [] if f.get("path") == rel), None)
-    if recorded:
-        actual = sha256_file(Path(path))
-        if actual != recorded:
-            raise ProvenanceError(
-                f"{rel}: sha256 {actual[:12]}… ≠ {recorded[:12]}… recorded in {where} files"
-            )
+    rel = entry.canonical
+    path = source.verified(rel, ProvenanceError)
     file_meta, dims = canonical_layout(path, display=rel)
     stored = file_meta.get("layer_convention", "block")
-    convention = regen.get("layer_convention") or entry.get("layer_convention") or stored
-    layer = int(regen["layer"])
+    convention = regen.layer_convention or entry.layer_convention or stored
+    layer = int(regen.layer)
     key = _direction_key(to_block_index(layer, convention), stored)
     if key not in dims:
         raise DirectionError(
             f"{rel}: no layer {key} ({stored} convention); has {layer_span(list(dims), 'none')}"
         )
-    run = meta.get("run") or {}
+    run = meta.run or {}
     return Recipe(
-        direction_name=str(name),
+        direction_name=regen.direction,
         load_direction=lambda: canonical_vector(path, key, display=rel),
         d=dims[key],
         direction_file=rel,
         layer=layer,
         layer_convention=convention,
-        targets=tuple(regen.get("targets") or DEFAULT_TARGETS),
-        base_model=regen.get("base_model") or run.get("base_model"),
-        base_model_revision=regen.get("base_model_revision", run.get("base_model_revision")),
-        shards_sha256=dict(regen.get("shards_sha256") or {}),
-        model_type=regen.get("model_type") or run.get("model_type"),
-        source=source,
-        source_revision=revision,
+        targets=tuple(regen.targets or DEFAULT_TARGETS),
+        base_model=regen.base_model or run.get("base_model"),
+        base_model_revision=regen.base_model_revision or run.get("base_model_revision"),
+        shards_sha256=dict(regen.shards_sha256 or {}),
+        model_type=regen.model_type or run.get("model_type"),
+        source=source.repo_id or str(source.root),
+        source_revision=source.commit,
         title=run.get("title"),
     )
 
@@ -188,8 +176,7 @@ def load_recipe(source: str | Path | Run, *, revision: str | None = None) -> Rec
         if revision:
             raise HubkitError(f"--revision {revision}: only for a Hub repo, {source} is a local folder")
         if (path / HUBKIT_JSON).is_file():
-            meta = read_json_object(path / HUBKIT_JSON)
-            return recipe_from_meta(meta, path, where=str(path / HUBKIT_JSON), source=str(path))
+            return recipe_from_source(RepoSource.local(path))
         if (path / "hubkit.yaml").is_file():
             from hubkit.run.run import load_run
 
@@ -199,35 +186,7 @@ def load_recipe(source: str | Path | Run, *, revision: str | None = None) -> Rec
         )
     if not is_repo_id(str(source)):
         raise HubkitError(f"{source}: no such folder, and not a Hub repo id (OWNER/NAME)")
-    return _hub_recipe(str(source), revision)
-
-
-def _hub_recipe(repo_id: str, revision: str | None) -> Recipe:
-    from huggingface_hub import HfApi, hf_hub_download
-
-    api = HfApi()
-    try:
-        commit = api.repo_info(repo_id, revision=revision).sha
-    except Exception as e:  # noqa: BLE001 - every Hub failure becomes one line
-        raise HubError(
-            f"{repo_id}{'@' + revision if revision else ''}: can't read the repo ({first_line(e)})"
-        ) from e
-
-    def fetch(rel: str) -> Path:
-        try:
-            return Path(hf_hub_download(repo_id, rel, revision=commit))
-        except Exception as e:  # noqa: BLE001
-            raise HubError(f"{repo_id}@{commit[:12]}: can't download {rel} ({first_line(e)})") from e
-
-    meta = read_json_object(fetch(HUBKIT_JSON))
-    return recipe_from_meta(
-        meta,
-        Path("."),
-        where=f"{repo_id}@{commit[:12]}:{HUBKIT_JSON}",
-        source=repo_id,
-        revision=commit,
-        fetch=fetch,
-    )
+    return recipe_from_source(RepoSource.hub(str(source), revision))
 
 
 # ====================================================================== the base checkpoint
@@ -284,31 +243,20 @@ def _local_base(recipe: Recipe, path: Path) -> BaseCheckpoint:
 
 
 def _hub_base(repo_id: str, revision: str | None, *, plan_only: bool) -> BaseCheckpoint:
-    from huggingface_hub import HfApi, snapshot_download
-
-    try:
-        commit = HfApi().model_info(repo_id, revision=revision).sha
-        patterns = BASE_PATTERNS if not plan_only else [p for p in BASE_PATTERNS if p != "*.safetensors"]
-        path = Path(snapshot_download(repo_id, revision=commit, allow_patterns=patterns))
-    except Exception as e:  # noqa: BLE001
-        raise HubError(
-            f"{repo_id}{'@' + revision if revision else ''}: can't fetch the base model ({first_line(e)})"
-        ) from e
+    hub = Hub()
+    commit = hub.model_commit(repo_id, revision)
+    patterns = BASE_PATTERNS if not plan_only else [p for p in BASE_PATTERNS if p != "*.safetensors"]
+    path = hub.snapshot(repo_id, commit, allow_patterns=patterns)
     notes = [] if revision else [f"the recipe records no base_model_revision; used {repo_id}@{commit[:12]}"]
     return BaseCheckpoint(path, repo_id, commit, notes)
 
 
 def _remote_index(base: BaseCheckpoint) -> tuple[list[Any], dict[str, Any]]:
     """Shards and tensors of a Hub checkpoint from its safetensors headers alone (range requests), for --plan."""
-    from huggingface_hub import HfApi
-
     from hubkit.formats.safetensors_io import ShardInfo, TensorInfo
 
-    assert base.repo_id is not None
-    try:
-        meta = HfApi().get_safetensors_metadata(base.repo_id, revision=base.commit)
-    except Exception as e:  # noqa: BLE001
-        raise HubError(f"{base.repo_id}: can't read the safetensors headers ({first_line(e)})") from e
+    assert base.repo_id is not None and base.commit is not None
+    meta = Hub().safetensors_metadata(base.repo_id, base.commit)
     shards, tensors = [], {}
     for fname, fmeta in sorted(meta.files_metadata.items()):
         end = 0
