@@ -199,7 +199,7 @@ def pull_command(repo: str, revision: str | None, out: Path) -> None:
               help="Use your own copy of the card templates (any subset of them).")
 def card(run_dir: Path, output: Path | None, template_dir: Path | None) -> None:
     """Render the model card a publish of RUN_DIR would commit."""
-    from hubkit.cards.model_card import card_for_run
+    from hubkit.publish.repo_tree import card_for_run
 
     rendered = card_for_run(run_dir, template_dir=template_dir)
     if output is None:
@@ -275,9 +275,9 @@ def stats(run_dir: Path | None, arms: tuple, baseline: str | None, alternative: 
 def regenerate_command(repo_or_dir: str, revision: str | None, base_model: str | None, out: Path | None,
                        push_to: str | None, device: str, verify: bool, plan_only: bool, no_progress: bool) -> None:
     """Rebuild the abliterated weights of REPO_OR_DIR from its published direction and the base model."""
-    from hubkit.weights.regenerate import regenerate
+    from hubkit.publish.push import regenerate_and_push
 
-    res = regenerate(repo_or_dir, revision=revision, base_model=base_model, out=out, device=device, verify=verify,
+    res = regenerate_and_push(repo_or_dir, revision=revision, base_model=base_model, out=out, device=device, verify=verify,
                      plan_only=plan_only, push_to=push_to, progress=not no_progress)
     click.echo(res.plan.render() if plan_only else res.summary())
 

@@ -476,7 +476,7 @@ def test_record_regeneration_puts_shard_hashes_in_the_recipe(hub, repo_id, run, 
 def test_push_model_folder_versions_and_skips_unchanged_shards(hub, repo_id, tmp_path):
     from huggingface_hub import hf_hub_download
 
-    from hubkit.publish.commit import push_model_folder
+    from hubkit.publish.push import push_model_folder
 
     folder = tmp_path / "model"
     folder.mkdir()
@@ -506,7 +506,7 @@ def test_push_model_folder_versions_and_skips_unchanged_shards(hub, repo_id, tmp
 
 
 def test_push_model_folder_refuses_a_secret(hub, repo_id, tmp_path):
-    from hubkit.publish.commit import push_model_folder
+    from hubkit.publish.push import push_model_folder
 
     folder = tmp_path / "model"
     folder.mkdir()

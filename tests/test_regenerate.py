@@ -15,6 +15,7 @@ import torch
 from hubkit.errors import DirectionError, HubError, HubkitError, ProvenanceError
 from hubkit.formats.directions import DirectionSet, write_canonical
 from hubkit.formats.safetensors_io import INDEX_NAME
+from hubkit.publish.push import regenerate_and_push
 from hubkit.weights import regenerate as rg
 from tests import tiny_models as tm
 
@@ -245,7 +246,8 @@ def test_a_bad_direction_file_is_a_one_line_error_and_leaves_nothing(base: Path,
 
 def test_a_bad_push_to_id_fails_before_any_work(base: Path, tmp_path: Path) -> None:
     with pytest.raises(HubkitError, match="--push-to 'nobody' must look like owner/name"):
-        rg.regenerate(make_recipe(tmp_path / "staged"), base_model=base, out=tmp_path / "out", push_to="nobody")
+        regenerate_and_push(make_recipe(tmp_path / "staged"), base_model=base, out=tmp_path / "out",
+                            push_to="nobody")
     assert not (tmp_path / "out").exists()
 
 
@@ -321,7 +323,7 @@ def test_cuda_without_a_gpu_is_a_clear_error(base: Path, tmp_path: Path) -> None
 
 
 def test_push_to_publishes_the_folder(base: Path, tmp_path: Path, api, repo_id: str, hub) -> None:
-    res = rg.regenerate(
+    res = regenerate_and_push(
         make_recipe(tmp_path / "staged"),
         base_model=base,
         out=tmp_path / "out",

@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     from huggingface_hub import ModelCardData
 
     from hubkit.formats.hubjson import FileRecord, HubJson, RegenerateRecord
-    from hubkit.publish.repo_tree import PackageFile
     from hubkit.run.ranking import Ranking
     from hubkit.run.run import Run
 
@@ -341,25 +340,6 @@ def ranking_plot(view: RankingView) -> bytes:
 # --------------------------------------------------------------------------- one call for `hubkit card`
 
 
-@dataclass
-class RenderedCard:
-    text: str
-    assets: dict[str, bytes]  # repo path -> bytes of the files the card embeds
-
-
-def card_for_run(run_dir: str | Path, *, template_dir: str | Path | None = None) -> RenderedCard:
-    """The README a publish of ``run_dir`` would commit (same files, hashes and plots), without staging."""
-    from hubkit.formats.hubjson import CARD
-    from hubkit.publish.repo_tree import build_package
-    from hubkit.run.run import load_run
-
-    package = build_package(load_run(run_dir), template_dir=template_dir)
-    readme = package.file(CARD)
-    assert readme is not None and readme.data is not None
-    assets = {f.path: f.data for f in package.files if f.kind == "asset" and f.data is not None}
-    return RenderedCard(readme.data.decode("utf-8"), assets)
-
-
 # --------------------------------------------------------------------------- card data
 
 
@@ -513,7 +493,7 @@ def _finite(v: float | None) -> float | None:
     return None if v is None or math.isnan(v) else v
 
 
-def _files(run: Run, files: list[PackageFile], rankings: list[RankingView]) -> list[FileView]:
+def _files(run: Run, files: list[FileRecord], rankings: list[RankingView]) -> list[FileView]:
     what = _descriptions(run, rankings)
     return [FileView(f.path, f.size, f.sha256, f.kind, what.get(f.path) or _KIND_TEXT.get(f.kind, f.kind))
             for f in files]

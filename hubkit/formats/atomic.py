@@ -13,6 +13,32 @@ from hubkit.errors import HubkitError
 
 
 @contextmanager
+def staging_file(target: str | Path) -> Iterator[Path]:
+    """A temporary file beside ``target`` (same folder, so the rename is atomic), fsynced and renamed onto
+    it only when the block finishes; removed on any failure. Leftovers of killed runs are removed first."""
+    target = Path(target).absolute()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(target)
+    tmp = target.parent / f".{target.name}.hubkit-tmp-{os.getpid()}"
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_bytes(target: str | Path, data: bytes) -> Path:
+    """``target`` holds ``data`` whole, or keeps what it had: never a torn file."""
+    with staging_file(target) as tmp:
+        tmp.write_bytes(data)
+    return Path(target)
+
+
+@contextmanager
 def staging_dir(target: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     """A temporary folder beside ``target``, renamed onto it only when the block finishes.
 
@@ -43,11 +69,15 @@ def staging_dir(target: str | Path, *, overwrite: bool = False) -> Iterator[Path
 
 
 def _remove_stale(target: Path) -> None:
-    """Remove temporary folders of earlier runs that were killed (their process is gone)."""
-    for p in target.parent.glob(f".{target.name}.hubkit-tmp-*"):
+    """Remove what earlier runs that were killed left beside any target in this folder (their process is
+    gone): a ``kill -9`` leaves its temporary sibling, and the next run here, whatever its target, cleans it."""
+    for p in target.parent.glob(".*.hubkit-*-*"):
         pid = p.name.rsplit("-", 1)[-1]
         if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
-            shutil.rmtree(p, ignore_errors=True)
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from hubkit.formats.atomic import write_bytes
+
 CHUNK = 8 * 1024 * 1024
 
 
@@ -64,10 +66,7 @@ class HashCache:
         if not self.dirty:
             return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_text(json.dumps(self.entries))
-            tmp.replace(self.path)
+            write_bytes(self.path, json.dumps(self.entries).encode())
         except OSError:
             pass  # a cache that can't be written only costs time
 

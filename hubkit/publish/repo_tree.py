@@ -7,14 +7,13 @@ embeds a timestamp: the same run gives byte-identical trees.
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hubkit import __version__
 from hubkit.errors import HubkitError
+from hubkit.formats.atomic import staging_dir
 from hubkit.formats.hashing import HashCache, sha256_bytes
 from hubkit.formats.hubjson import (
     CARD,
@@ -183,9 +182,7 @@ def stage(package: Package, out: str | Path) -> Path:
             raise HubkitError(f"{out}: exists and is not a directory")
         if any(out.iterdir()) and not (out / HUBKIT_JSON).is_file():
             raise HubkitError(f"{out}: exists, is not empty and is not a staged hubkit tree; refusing to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with staging_dir(out, overwrite=True) as tmp:
         for f in package.files:
             dest = tmp / f.path
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -193,14 +190,24 @@ def stage(package: Package, out: str | Path) -> Path:
                 dest.write_bytes(f.data)
             else:
                 shutil.copyfile(f.source, dest)  # type: ignore[arg-type]
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            out.rename(old)
-        tmp.rename(out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
+
+
+# --------------------------------------------------------------------------- the card alone
+
+
+@dataclass
+class RenderedCard:
+    text: str
+    assets: dict[str, bytes]  # repo path -> bytes of the files the card embeds
+
+
+def card_for_run(run_dir: str | Path, *, template_dir: str | Path | None = None) -> RenderedCard:
+    """The README a publish of ``run_dir`` would commit (same files, hashes and plots), without staging."""
+    from hubkit.run.run import load_run
+
+    package = build_package(load_run(run_dir), template_dir=template_dir)
+    readme = package.file(CARD)
+    assert readme is not None and readme.data is not None
+    assets = {f.path: f.data for f in package.files if f.kind == "asset" and f.data is not None}
+    return RenderedCard(readme.data.decode("utf-8"), assets)

@@ -16,11 +16,10 @@ cannot be represented, and asking for them is an error rather than a silently dr
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from hubkit.errors import PlanError
+from hubkit.formats.atomic import staging_file
 from hubkit.formats.directions import to_block_index
 from hubkit.formatting import layer_span
 from hubkit.use.loading import LoadedDirections, load_directions
@@ -100,10 +99,7 @@ def export_gguf(
     mapping = {i: gguf_layer(i, ds.layer_convention) for i in wanted}
 
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    os.close(fd)
-    try:
+    with staging_file(out) as tmp:
         writer = gguf.GGUFWriter(tmp, ARCH)  # writes general.architecture
         writer.add_string(f"{ARCH}.model_hint", ds.base_model or "unknown")
         writer.add_uint32(f"{ARCH}.layer_count", len(mapping))
@@ -122,10 +118,6 @@ def export_gguf(
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return out
 
 

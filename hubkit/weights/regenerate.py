@@ -369,7 +369,6 @@ def regenerate(
     device: str = "cpu",
     verify: bool = True,
     plan_only: bool = False,
-    push_to: str | None = None,
     progress: bool = True,
     overwrite: bool = False,
 ) -> RegenerateResult:
@@ -379,8 +378,6 @@ def regenerate(
     shards that differ from the recorded sha256s (or a matrix left with a component along r above its dtype's
     rounding level) raise :class:`VerificationFailed` once the folder is written; the result rides on it.
     """
-    if push_to is not None and not is_repo_id(push_to):  # refused before any work, not after the rebuild
-        raise HubkitError(f"--push-to '{push_to}' must look like owner/name")
     recipe, base, plan = _prepare(source, revision, base_model, plan_only)
     notes = list(base.notes)
     if plan_only:
@@ -427,23 +424,6 @@ def regenerate(
             f"{res.worst.dtype} rounding level {res.worst.threshold:.1e}",
             res,
         )
-    if push_to is not None:
-        from hubkit.publish.commit import push_model_folder
-
-        source = {
-            "recipe": recipe.source,
-            "recipe_revision": recipe.source_revision,
-            "direction": recipe.direction_name,
-            "layer": recipe.layer,
-            "layer_convention": recipe.layer_convention,
-            "base_model": base.repo_id or recipe.base_model,
-            "base_model_revision": base.commit,
-            "shards_sha256": res.shards_sha256,
-        }
-        pushed = push_model_folder(out, push_to, card=(out / "README.md").read_text(encoding="utf-8"),
-                                   source=source, progress=progress)
-        res.notes.append(f"{push_to}: nothing changed; {pushed.version} is current" if pushed.nothing_changed
-                         else f"pushed {pushed.version} to {pushed.url}")
     return res
 
 

@@ -16,7 +16,7 @@ from hubkit.weights.kernels import (
     rows_block,
     unit_vector,
 )
-from hubkit.weights.recipes import Recipe, register
+from hubkit.weights.recipes.base import Recipe, register
 
 if TYPE_CHECKING:
     import torch
