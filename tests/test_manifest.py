@@ -53,7 +53,7 @@ def test_full_example_from_the_issue_parses():
     assert ev.n == 89 and ev.baseline == "base" and [a.id for a in ev.arms] == ["base", "abl", "persona"]
     assert ev.arms[2].this and not ev.arms[0].this
     assert m.weights.path == "abliterated_model/" and m.weights.publish is False
-    assert m.regenerate.targets == ["embed_tokens", "attn_out", "mlp_down"]
+    assert m.regenerate.targets == ("embed_tokens", "attn_out", "mlp_down")
     assert m.related[0].relation == "supersedes"
     assert m.to_dict()["evaluations"][0]["arms"][0]["passes"] == 6
 

@@ -15,13 +15,13 @@ Schema versions: 1 is every file written before the ``schema`` key existed (same
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any, Literal
 
 from hubkit.errors import HubkitError
+from hubkit.formats.recipe import RecipeSpec, parse_recipe
 
 HUBKIT_JSON = "hubkit.json"
 CARD = "README.md"
@@ -86,23 +86,33 @@ class DirectionRecord:
 
 @dataclass
 class RegenerateRecord:
-    """The recipe that rebuilds the weights: a direction of the run plus the recipe's own parameters."""
+    """The recipe that rebuilds the weights (its parameters: :class:`~hubkit.formats.recipe.RecipeSpec`) and
+    the base it was recorded against."""
 
-    direction: str
-    layer: Any  # int (a layer), float (an interpolated index) or "each"
+    spec: RecipeSpec
     layer_convention: str
-    targets: list[str]
     base_model: str | None
     base_model_revision: str | None
     model_type: str | None = None
     shards_sha256: dict[str, str] | None = None
-    params: dict[str, Any] = field(default_factory=dict)  # recipe, weight, norm, project_out (when given)
+
+    @property
+    def direction(self) -> str:
+        return self.spec.direction
+
+    @property
+    def layer(self) -> Any:
+        return self.spec.layer
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return self.spec.targets
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"direction": self.direction, "layer": self.layer,
-                               "layer_convention": self.layer_convention, "targets": list(self.targets),
+        out: dict[str, Any] = {"direction": self.spec.direction, "layer": self.spec.layer,
+                               "layer_convention": self.layer_convention, "targets": list(self.spec.targets),
                                "base_model": self.base_model, "base_model_revision": self.base_model_revision}
-        out.update(self.params)
+        out.update(self.spec.params_json())
         if self.model_type:
             out["model_type"] = self.model_type
         if self.shards_sha256:
@@ -316,28 +326,23 @@ def _direction(r: _Reader, d: dict[str, Any], key: str) -> DirectionRecord:
 
 
 def _regenerate(r: _Reader, g: dict[str, Any]) -> RegenerateRecord:
-    layer = g.get("layer")
-    if layer is not None and layer != "each":
-        if isinstance(layer, bool) or not isinstance(layer, (int, float)) or not math.isfinite(layer) \
-                or not -1 <= layer <= MAX_ITEMS:
-            raise r.fail("regenerate.layer", f"expected a layer number or 'each', got {_show(layer)}")
-    targets = [r.text(t, "regenerate.targets", optional=False) for t in r.lst(g.get("targets"), "regenerate.targets")]
+    known = {"direction", "layer", "layer_convention", "targets", "base_model", "base_model_revision",
+             "model_type", "shards_sha256", "weight", "norm", "project_out"}
+    unknown = sorted(k for k in g if k not in known)
+    if unknown:
+        raise r.fail(f"regenerate.{unknown[0]}", "not a recipe parameter this hubkit knows; upgrade hubkit")
+    spec = parse_recipe(g, lambda path, msg: r.fail("regenerate." + ".".join(map(str, path)), msg))
     shards = r.obj(g.get("shards_sha256"), "regenerate.shards_sha256")
     if shards is not None:
         shards = {confined(k, f"{r.where}: regenerate.shards_sha256"): r.sha(v, f"regenerate.shards_sha256.{k}")
                   for k, v in shards.items()}
-    core = {"direction", "layer", "layer_convention", "targets", "base_model", "base_model_revision",
-            "model_type", "shards_sha256"}
     return RegenerateRecord(
-        direction=r.text(g.get("direction"), "regenerate.direction") or "",
-        layer=layer,
+        spec=spec,
         layer_convention=_convention(r, g.get("layer_convention"), "regenerate.layer_convention") or "",
-        targets=targets,  # type: ignore[arg-type]
         base_model=r.text(g.get("base_model"), "regenerate.base_model"),
         base_model_revision=r.text(g.get("base_model_revision"), "regenerate.base_model_revision"),
         model_type=r.text(g.get("model_type"), "regenerate.model_type"),
         shards_sha256=shards,
-        params={k: v for k, v in g.items() if k not in core},
     )
 
 

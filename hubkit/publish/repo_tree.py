@@ -7,6 +7,7 @@ embeds a timestamp: the same run gives byte-identical trees.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,11 +107,10 @@ def regenerate_entry(run: Run, shards_sha256: dict[str, str] | None = None,
     if r is None:
         return None
     ds = run.direction(r.direction)
+    spec = r if r.layer is not None else dataclasses.replace(r, layer=ds.selected_layer)
     return RegenerateRecord(
-        direction=r.direction,
-        layer=r.layer if r.layer is not None else ds.selected_layer,
+        spec=spec,
         layer_convention=ds.layer_convention,
-        targets=list(r.targets),
         base_model=run.manifest.base_model,
         base_model_revision=run.manifest.base_model_revision,
         model_type=model_type,

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hubkit.errors import ManifestError
+from hubkit.formats.recipe import RecipeSpec, parse_recipe
 
 MANIFEST_NAME = "hubkit.yaml"
 STATUSES = ("positive", "null-result", "regression", "inconclusive", "superseded")
@@ -90,13 +91,6 @@ class WeightsSpec:
 
 
 @dataclass
-class RegenerateSpec:
-    direction: str
-    layer: int | None = None
-    targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
-
-
-@dataclass
 class Manifest:
     """Everything ``hubkit.yaml`` may say; see the README for the schema."""
 
@@ -121,7 +115,7 @@ class Manifest:
     sections: list[SectionSpec] = field(default_factory=list)
     related: list[RelatedSpec] = field(default_factory=list)
     weights: WeightsSpec | None = None
-    regenerate: RegenerateSpec | None = None
+    regenerate: RecipeSpec | None = None  # formats/recipe: one parser for hubkit.yaml and hubkit.json
     include: list[str] = field(default_factory=lambda: ["**"])
     exclude: list[str] = field(default_factory=list)
     allow_secrets: list[str] = field(default_factory=list)
@@ -136,6 +130,9 @@ class Manifest:
 
 
 def _plain(obj: Any) -> Any:
+    if isinstance(obj, RecipeSpec):  # as written in hubkit.yaml (defaults left out: the seed recipe's stay as they were)
+        out = {"direction": obj.direction, "layer": obj.layer, "targets": list(obj.targets), **obj.params_json()}
+        return {k: v for k, v in out.items() if v is not None}
     if hasattr(obj, "__dataclass_fields__"):
         out = {}
         for f in fields(obj):
@@ -354,20 +351,15 @@ def parse_manifest(text: str, where: str = MANIFEST_NAME) -> Manifest:
                                 publish=p.boolean(w.get("publish", False), ("weights", "publish")))
 
     if top.get("regenerate") is not None:
-        r = p.mapping(top["regenerate"], ("regenerate",), RegenerateSpec, required=("direction",))
+        r = p.mapping(top["regenerate"], ("regenerate",), RecipeSpec, required=("direction",))
         direction = p.string(r["direction"], ("regenerate", "direction"), allow_none=False)
         if direction not in names:
             hint = difflib.get_close_matches(direction, names, n=1)  # type: ignore[arg-type]
             tip = f" (did you mean '{hint[0]}'?)" if hint else f" (directions: {', '.join(names) or 'none'})"
             raise p.fail(("regenerate", "direction"), f"regenerate.direction '{direction}' is not a direction{tip}")
-        targets = p.str_list(r.get("targets"), ("regenerate", "targets")) or list(DEFAULT_TARGETS)
-        for i, t in enumerate(targets):
-            p.choice(t, ("regenerate", "targets", i), TARGETS)
-        layer = p.integer(r.get("layer"), ("regenerate", "layer"))
         spec = m.direction(direction)  # type: ignore[arg-type]
-        if layer is None and spec is not None:
-            layer = spec.layer
-        m.regenerate = RegenerateSpec(direction=direction, layer=layer, targets=targets)  # type: ignore[arg-type]
+        m.regenerate = parse_recipe(r, lambda path, msg: p.fail(("regenerate", *path), msg), directions=names,
+                                    default_layer=spec.layer if spec is not None else None)
     return m
 
 
