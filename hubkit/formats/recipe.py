@@ -134,7 +134,7 @@ def parse_recipe(raw: dict[str, Any], fail: Fail, *, directions: list[str] | Non
         raise fail(("targets",), f"regenerate.targets must be a non-empty list of {', '.join(TARGETS)}")
     for i, t in enumerate(targets):
         if t not in TARGETS:
-            hint = difflib.get_close_matches(str(t), TARGETS, n=1)
+            hint = difflib.get_close_matches(str(t), TARGETS, n=1, cutoff=0.5)
             tip = f" (did you mean '{hint[0]}'?)" if hint else ""
             raise fail(("targets", i), f"regenerate.targets: '{t}' is not one of {', '.join(TARGETS)}{tip}")
     norm = raw.get("norm", "none")
