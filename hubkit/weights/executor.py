@@ -12,7 +12,7 @@ import shutil
 import threading
 import warnings
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,13 +32,14 @@ from hubkit.weights.kernels import (
     chunk_rows,
     cols_block,
     cols_partials,
+    row_norms,
     rows_block,
     unit_vector,
 )
 from hubkit.weights.plan import TensorOp, TensorPlan, plan_checkpoint
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 #: largest piece of untouched bytes handed to the writer at once
 COPY_BLOCK = 64 << 20
@@ -57,9 +58,10 @@ HELPERS_MAX = 16
 IN_FLIGHT = 16
 #: the array library of CPU runs: numpy, so that a CPU run never imports torch (on a GPU machine its CUDA build
 #: takes 4-6 s to import, longer than the rest of a warm run); "torch" gives the same bytes (tested)
+#: the array library of CPU runs: numpy, so that a CPU run never imports torch (on a GPU machine its CUDA build
+#: takes 4-6 s to import, longer than the rest of a warm run); "torch" gives the same bytes (tested)
 CPU_LIBRARY = "numpy"
 _PAGE = mmap.PAGESIZE
-#: the array library of CPU runs: numpy, so that a CPU run never imports torch (on a GPU machine its CUDA build
 
 @dataclass
 class TensorCheck:
@@ -71,6 +73,9 @@ class TensorCheck:
     before: float
     after: float
     device: str = "cpu"  # where it was computed
+    #: the edit removes r entirely (weight 1, norm none): ``after`` must be at rounding level. Other edits keep
+    #: part of r by design (a weight below 1, row norms restored), so their ``after`` is reported, not judged.
+    checked: bool = True
 
     @property
     def threshold(self) -> float:
@@ -78,7 +83,7 @@ class TensorCheck:
 
     @property
     def ok(self) -> bool:
-        return self.after <= self.threshold
+        return not self.checked or self.after <= self.threshold
 
 
 @dataclass
@@ -88,7 +93,7 @@ class ExecutionResult:
 
     @property
     def worst(self) -> TensorCheck | None:
-        return max(self.checks, key=lambda c: c.after / c.threshold, default=None)
+        return max((c for c in self.checks if c.checked), key=lambda c: c.after / c.threshold, default=None)
 
     @property
     def all_orthogonal(self) -> bool:
@@ -286,15 +291,16 @@ class _Compute:
 
     def for_op(self, op: TensorOp) -> tuple[Kernels, ThreadPoolExecutor | None]:
         gpu = self.gpu
-        return (gpu[op.dtype], None) if gpu is not None else (self.cpu[op.dtype], self.helpers)
+        key = (op.dtype, op.vector)
+        return (gpu[key], None) if gpu is not None else (self.cpu[key], self.helpers)
 
 
-def _start_gpu(compute: _Compute, r64: Any, device: str, shared: _Shared) -> None:
+def _start_gpu(compute: _Compute, r64: dict[str, Any], device: str, shared: _Shared) -> None:
     """Import torch, check the device and hand its kernels to the compute streams (which meanwhile compute on
     the CPU: the bytes are the same, and torch's CUDA build takes 4-6 s to import on the H100 machine)."""
     try:
         device = _resolve_device(device)
-        compute.gpu = {code: TorchKernels(code, r64, device, kernels.CUDA_GROUP) for code in compute.cpu}
+        compute.gpu = {(code, v): TorchKernels(code, r64[v], device, kernels.CUDA_GROUP) for code, v in compute.cpu}
     except BaseException as e:  # noqa: BLE001 - handed to the main thread
         shared.fail(e)
 
@@ -383,7 +389,7 @@ def _compute_op(
 
         def rows_at(a: int) -> tuple[Any, Acc]:
             sub = Acc()
-            return rows_block(k.load(flat[a : a + rows]), k, sub), sub
+            return rows_block(k.load(flat[a : a + rows]), k, sub, op.weight), sub
 
         for y, sub in on_helpers(rows_at, range(0, flat.shape[0], rows)):
             emit(y)
@@ -392,23 +398,28 @@ def _compute_op(
         d, m = op.shape[-2], op.shape[-1]
         step = chunk_rows(m)
         rows = step * k.group
+        normed = op.norm != "none"
         for mat in t.reshape(-1, d, m):
 
             def partials_at(a: int, mat: Any = mat) -> Any:
-                return cols_partials(k.load(mat[a : a + rows]), k.r[a : a + rows], step, k)
+                x = k.load(mat[a : a + rows])
+                n_rows = row_norms(x, k) if normed else None  # the rows are whole here: norms in the same pass
+                return cols_partials(x, k.r[a : a + rows], step, k, n_rows), n_rows
 
-            s = None
-            for part in on_helpers(partials_at, range(0, d, rows)):  # pass 1: s = rᵀW, partials in a fixed order
+            s, norms = None, []
+            for part, n_rows in on_helpers(partials_at, range(0, d, rows)):  # pass 1: s = rᵀW in a fixed order
                 s = accumulate(part, s)
+                norms.append(n_rows)
             assert s is not None
             acc.before = acc.before + (s * s).sum()
 
-            def block_at(a: int, mat: Any = mat, s: Any = s) -> tuple[Any, Acc]:
+            def block_at(a: int, i: int, mat: Any = mat, s: Any = s, norms: list = norms) -> tuple[Any, Acc]:
                 sub = Acc()
-                return cols_block(k.load(mat[a : a + rows]), k.r[a : a + rows], s, k, sub), sub
+                return cols_block(k.load(mat[a : a + rows]), k.r[a : a + rows], s, k, sub, op.weight, op.norm,
+                                  norms[i]), sub
 
             after_vec: Any = 0.0
-            for y, sub in on_helpers(block_at, range(0, d, rows)):  # pass 2: W − r s, cast back
+            for y, sub in on_helpers(lambda a, mat=mat: block_at(a, a // rows, mat), range(0, d, rows)):  # pass 2
                 emit(y)
                 after_vec = after_vec + sub.after
                 acc.norm = acc.norm + sub.norm
@@ -416,7 +427,8 @@ def _compute_op(
     assert pos == op.end, (op.name, pos, op.end)
     del t
     before, after = acc.ratios()
-    return TensorCheck(op.name, op.target, op.dtype, before, after, k.where)
+    return TensorCheck(op.name, op.target, op.dtype, before, after, k.where,
+                       checked=op.weight == 1.0 and op.norm == "none")
 
 
 def _in_order(helpers: ThreadPoolExecutor | None, fn: Any, starts: range, k: Kernels) -> Iterator[Any]:
@@ -526,7 +538,7 @@ def execute_plan(
     plan: TensorPlan,
     src_dir: str | Path,
     dst_dir: str | Path | None,
-    direction: torch.Tensor | Callable[[], torch.Tensor],
+    vectors: Any,
     *,
     device: str = "cpu",
     progress: bool = True,
@@ -583,10 +595,17 @@ def execute_plan(
                 start(_copy_stream, part)
             start(_hash_into, part, to_hash, hashes)
 
-        r64 = unit_vector(direction() if callable(direction) else direction)
-        if r64.size != plan.hidden_size:
-            raise HubkitError(f"direction has d={r64.size}, the checkpoint's hidden size is {plan.hidden_size}")
-        dtypes = {op.dtype for op in plan.ops}
+        given = vectors() if callable(vectors) else vectors
+        if not isinstance(given, dict):  # one direction for every op (the seed recipe's form)
+            given = {op.vector: given for op in plan.ops}
+        r64 = {key: unit_vector(v) for key, v in given.items()}
+        for key, r in r64.items():
+            if r.size != plan.hidden_size:
+                raise HubkitError(f"direction {key} has d={r.size}, the checkpoint's hidden size is "
+                                  f"{plan.hidden_size}")
+        missing = sorted({op.vector for op in plan.ops} - set(r64))
+        if missing:
+            raise HubkitError(f"the plan needs vector(s) {', '.join(missing)}, which the recipe did not give")
         if CPU_LIBRARY == "torch":
             import torch
 
@@ -595,7 +614,8 @@ def execute_plan(
             threads_before = torch.get_num_threads()
             torch.set_num_threads(1)
         cpu: dict[str, Kernels] = {
-            code: TorchKernels(code, r64) if CPU_LIBRARY == "torch" else NumpyKernels(code, r64) for code in dtypes
+            (code, v): TorchKernels(code, r64[v]) if CPU_LIBRARY == "torch" else NumpyKernels(code, r64[v])
+            for code, v in {(op.dtype, op.vector) for op in plan.ops}
         }
         n_helpers = compute_helpers()
         helpers = ThreadPoolExecutor(n_helpers, thread_name_prefix="hubkit-blocks") if n_helpers > 1 else None
@@ -681,7 +701,7 @@ def _hash_into(shards: list[_Shard], q: queue.Queue, out: dict[str, str], shared
 def abliterate_checkpoint(
     src_dir: str | Path,
     out_dir: str | Path,
-    direction: torch.Tensor,
+    direction: Any,
     targets: Iterable[str] = DEFAULT_TARGETS,
     *,
     device: str = "cpu",

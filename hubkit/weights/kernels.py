@@ -25,8 +25,6 @@ CHUNK_ELEMS = 1 << 16
 #: the device busy); the bytes are the same as one chunk at a time
 CPU_GROUP = 16
 CUDA_GROUP = 64
-#: takes 4-6 s to import, longer than the rest of a warm run); "torch" gives the same bytes (tested)
-CPU_LIBRARY = "numpy"
 
 
 def compute_dtype(code: str) -> torch.dtype:
@@ -57,6 +55,12 @@ class Kernels:
 
     def matvec(self, a: Any, b: Any) -> Any:  # a @ b with a vector, for the checks only
         return a @ b
+
+    def sqrt(self, x: Any) -> Any:  # correctly rounded in IEEE, so the same on every library and device
+        return x.sqrt()
+
+    def select(self, cond: Any, a: Any, b: Any) -> Any:
+        raise NotImplementedError
 
     def load(self, x: Any) -> Any:  # a block of the memory-mapped tensor, onto the compute device
         return x
@@ -103,6 +107,12 @@ class NumpyKernels(Kernels):
     def cat(self, parts: list[Any], axis: int) -> Any:
         return self.np.concatenate(parts, axis)
 
+    def sqrt(self, x: Any) -> Any:
+        return self.np.sqrt(x)
+
+    def select(self, cond: Any, a: Any, b: Any) -> Any:
+        return self.np.where(cond, a, b).astype(self.r.dtype)
+
     def matvec(self, a: Any, b: Any) -> Any:
         # einsum's own loop: numpy's BLAS would start a thread per core for each block (on a 16-core machine
         # that made a CPU run 3x slower, 278 s of CPU time spinning)
@@ -132,6 +142,9 @@ class TorchKernels(Kernels):
 
     def cat(self, parts: list[Any], axis: int) -> Any:
         return self.torch.cat(parts, axis)
+
+    def select(self, cond: Any, a: Any, b: Any) -> Any:
+        return self.torch.where(cond, a, b).to(self.r.dtype)
 
     def load(self, x: Any) -> Any:
         return x.to(self.device)
@@ -185,12 +198,12 @@ class Acc:
         return math.sqrt(float(self.before)) / denom, math.sqrt(float(self.after)) / denom
 
 
-def rows_block(x: Any, k: Kernels, acc: Acc | None = None) -> Any:
-    """``x − (x r) rᵀ`` for rows ``x [n, d]`` (storage dtype); each row is independent, so any blocking
-    gives the same bytes."""
+def rows_block(x: Any, k: Kernels, acc: Acc | None = None, w: float = 1.0) -> Any:
+    """``x − w (x r) rᵀ`` for rows ``x [n, d]`` (storage dtype); each row is independent, so any blocking
+    gives the same bytes. (``w = 1`` skips the multiply: the seed recipe's bytes, as ever.)"""
     xc = k.up(x)
     s = tree_sum(xc * k.r, 1, k)
-    y = k.down(xc - s[:, None] * k.r)
+    y = k.down(xc - (s if w == 1.0 else s * w)[:, None] * k.r)
     if acc is not None:
         yc = k.up(y)
         acc.before = acc.before + (s * s).sum()
@@ -199,13 +212,25 @@ def rows_block(x: Any, k: Kernels, acc: Acc | None = None) -> Any:
     return y
 
 
-def cols_partials(x: Any, r_rows: Any, step: int, k: Kernels) -> Any:
+def row_norms(x: Any, k: Kernels) -> Any:
+    """‖W_i‖ of each row of a block ``[n, m]`` (fixed-order sum, correctly rounded sqrt); a zero row's norm is
+    replaced by 1, so dividing by it keeps the row zero (heretic's ``F.normalize`` does the same)."""
+    xc = k.up(x)
+    n = k.sqrt(tree_sum(xc * xc, 1, k))
+    return k.select(n == 0, 1.0, n)
+
+
+def cols_partials(x: Any, r_rows: Any, step: int, k: Kernels, n_rows: Any = None) -> Any:
     """Per-chunk partial sums of rᵀW over consecutive ``step``-row chunks of ``x [n, m]``: ``[ceil(n/step), m]``.
 
+    With ``n_rows`` (the rows' norms: the ``pre`` / ``preserve`` modes) the sums are of rᵀŴ, Ŵ = W / n row-wise.
     A block holding several chunks (the GPU path) gives bit-for-bit the partials of one chunk at a time.
     """
     n, m = x.shape
-    prod = k.up(x) * r_rows[:, None]
+    xc = k.up(x)
+    if n_rows is not None:
+        xc = xc / n_rows[:, None]
+    prod = xc * r_rows[:, None]
     full = n - n % step
     parts = []
     if full:
@@ -215,9 +240,25 @@ def cols_partials(x: Any, r_rows: Any, step: int, k: Kernels) -> Any:
     return parts[0] if len(parts) == 1 else k.cat(parts, 0)
 
 
-def cols_block(x: Any, r_rows: Any, s: Any, k: Kernels, acc: Acc | None = None) -> Any:
-    """``W − r s`` on a block of rows (``s = rᵀW`` of the whole matrix), cast back to the storage dtype."""
-    y = k.down(k.up(x) - r_rows[:, None] * s[None, :])
+def cols_block(x: Any, r_rows: Any, s: Any, k: Kernels, acc: Acc | None = None, w: float = 1.0,
+               norm: str = "none", n_rows: Any = None) -> Any:
+    """A block of rows of a ``[d, in]`` writer, rewritten and cast back to the storage dtype:
+
+    * ``none``: ``W − w r s`` with ``s = rᵀW`` of the whole matrix;
+    * ``pre``: ``W − w (n ⊙ r) s`` with ``s = rᵀŴ``, n the rows' norms;
+    * ``preserve``: ``M = Ŵ − w r s``, each row of M rescaled to its original norm ``n_i`` (exactly).
+    """
+    xc = k.up(x)
+    coef = r_rows if w == 1.0 else r_rows * w
+    if norm == "none":
+        yc = xc - coef[:, None] * s[None, :]
+    elif norm == "pre":
+        yc = xc - (n_rows * coef)[:, None] * s[None, :]
+    else:
+        mat = xc / n_rows[:, None] - coef[:, None] * s[None, :]
+        mn = k.sqrt(tree_sum(mat * mat, 1, k))
+        yc = mat * (n_rows / k.select(mn == 0, 1.0, mn))[:, None]
+    y = k.down(yc)
     if acc is not None:
         yc = k.up(y)
         acc.after = acc.after + k.matvec(r_rows, yc)  # a vector [m], squared when the matrix is done

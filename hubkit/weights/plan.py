@@ -37,6 +37,12 @@ class TensorOp:
     dtype: str
     begin: int
     end: int
+    how: str = "matrix"  # embed | matrix | bias | experts: what the name pattern matched
+    # the edit, set by the recipe (weights/recipes): which vector, with which weight and norm mode
+    vector: str = "r"
+    weight: float = 1.0
+    norm: str = "none"
+    source: str = ""  # where the vector comes from, for --plan ("layer 22", "17.4 = 17 + 0.4 (18 − 17)")
 
     @property
     def nbytes(self) -> int:
@@ -44,7 +50,11 @@ class TensorOp:
 
     @property
     def formula(self) -> str:
-        return "W − (W r) rᵀ" if self.kind == "rows" else "W − r (rᵀ W)"
+        w = "" if self.weight == 1.0 else f"{self.weight:.4g}·"
+        if self.kind == "rows":
+            return f"W − {w}(W r) rᵀ"
+        return {"none": f"W − {w}r (rᵀ W)", "pre": f"W − {w}(n⊙r)(rᵀ Ŵ)", "preserve": f"‖row‖-kept Ŵ − {w}r (rᵀ Ŵ)"}[
+            self.norm]
 
 
 def _natural(name: str) -> list[Any]:
@@ -67,6 +77,7 @@ class TensorPlan:
     ops: list[TensorOp]
     n_tensors: int
     notes: list[str] = field(default_factory=list)
+    untouched: list[TensorOp] = field(default_factory=list)  # targeted, but weight 0 at their block
 
     @property
     def total_bytes(self) -> int:
@@ -96,12 +107,21 @@ class TensorPlan:
         lines = [self.summary()]
         lines += [f"note: {n}" for n in self.notes]
         width = max((len(op.name) for op in self.ops), default=10)
-        lines.append(f"{'tensor':<{width}}  {'target':<12} {'op':<13} {'shape':<18} dtype  shard")
+        fw = max((len(op.formula) for op in self.ops), default=13)
+        sw = max((len(op.source) for op in self.ops), default=0)
+        lines.append(f"{'tensor':<{width}}  {'target':<12} {'op':<{fw}} {'direction':<{sw}}  {'shape':<18} "
+                     "dtype  shard")
         for op in sorted(self.ops, key=lambda o: (o.shard, _natural(o.name))):
             shape = "×".join(map(str, op.shape))
-            lines.append(
-                f"{op.name:<{width}}  {op.target:<12} {op.formula:<13} {shape:<18} {op.dtype:<6} {op.shard}"
-            )
+            lines.append(f"{op.name:<{width}}  {op.target:<12} {op.formula:<{fw}} {op.source:<{sw}}  {shape:<18} "
+                         f"{op.dtype:<6} {op.shard}")
+        if self.untouched:
+            blocks: dict[str, list[int]] = {}
+            for op in self.untouched:
+                if op.layer is not None and op.layer not in blocks.setdefault(op.target, []):
+                    blocks[op.target].append(op.layer)
+            for target, ids in blocks.items():
+                lines.append(f"untouched (weight 0): {target} in block(s) {_short(sorted(ids))}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -190,7 +210,7 @@ def build_plan(
             )
         kind = _kind_for(info, how, d, fam)
         ops.append(
-            TensorOp(info.name, info.shard, target, layer, kind, info.shape, info.dtype, info.begin, info.end)
+            TensorOp(info.name, info.shard, target, layer, kind, info.shape, info.dtype, info.begin, info.end, how)
         )
 
     embed_name = next((root + e for e in fam.embed if root + e in tensors), None)

@@ -10,6 +10,8 @@ folder into place. The recorded shard sha256s (``publish --record-regeneration``
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import re
 import shutil
 from collections.abc import Callable
@@ -21,15 +23,18 @@ from typing import TYPE_CHECKING, Any
 from hubkit import __version__
 from hubkit.errors import DirectionError, HubkitError, ProvenanceError
 from hubkit.formats.atomic import staging_dir
+from hubkit.formats.directions import to_block_index
 from hubkit.formats.hubjson import HUBKIT_JSON
+from hubkit.formats.recipe import RecipeSpec
 from hubkit.formats.safetensors_io import INDEX_NAME, config_facts, read_config, read_index
 from hubkit.formatting import layer_span
 from hubkit.hub import Hub
 from hubkit.run.manifest import is_repo_id
 from hubkit.source import RepoSource
+from hubkit.weights import recipes
 from hubkit.weights.executor import ExecutionResult, TensorCheck, execute_plan
-from hubkit.weights.families import DEFAULT_TARGETS
 from hubkit.weights.plan import TensorPlan, build_plan
+from hubkit.weights.recipes.base import Recipe, VectorLoader
 
 if TYPE_CHECKING:
     from hubkit.run.run import Run
@@ -60,41 +65,59 @@ _SNAPSHOT = re.compile(r"models--(?P<org>[^/]+?)--(?P<name>[^/]+)/snapshots/(?P<
 
 
 @dataclass
-class Recipe:
-    """What ``hubkit.json``'s ``regenerate`` section (or a run's manifest) says, with the direction resolved.
+class PublishedRecipe:
+    """What ``hubkit.json``'s ``regenerate`` section (or a run's manifest) says, with its direction file found.
 
-    The vector is read on first use of :attr:`direction` (``load_direction``): everything checked before
-    writing needs only ``d``, from the file's header, so the byte copy starts before torch is imported.
+    Vectors are read only when the compute starts (``load_vectors``): everything checked before writing needs
+    only ``d`` and the layers, from the file's header, so the byte copy starts before any vector is read.
     """
 
-    direction_name: str
-    # float32 [d] as stored: numpy from a canonical file (torch-free), torch from a run folder
-    load_direction: Callable[[], Any] = field(repr=False, compare=False)
+    spec: RecipeSpec
+    layer_convention: str  # the convention of ``spec.layer``
+    stored: str  # the convention of the direction file's layer keys
     d: int
     direction_file: str  # as shown to users (repo-relative path)
-    layer: int
-    layer_convention: str
-    targets: tuple[str, ...]
+    available: list[int]  # the file's layers (its convention)
+    load_vectors: VectorLoader = field(repr=False, compare=False)
     base_model: str | None
     base_model_revision: str | None
+    load_project_out: VectorLoader | None = field(default=None, repr=False, compare=False)
+    project_out_available: list[int] = field(default_factory=list)
     shards_sha256: dict[str, str] = field(default_factory=dict)
     model_type: str | None = None
     source: str = ""  # local path or repo id
     source_revision: str | None = None  # commit, for a Hub source
     title: str | None = None
 
+    @property
+    def direction_name(self) -> str:
+        return self.spec.direction
+
+    @property
+    def layer(self) -> Any:
+        return self.spec.layer
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return self.spec.targets
+
     @cached_property
-    def direction(self) -> Any:
-        return self.load_direction()  # d entries: the reader checks the data against the header's shape
+    def recipe(self) -> Recipe:
+        """The registered recipe bound to these parameters (:mod:`hubkit.weights.recipes`)."""
+        return recipes.for_spec(self.spec, convention=self.layer_convention, stored=self.stored,
+                                load=self.load_vectors, load_project_out=self.load_project_out,
+                                available=self.available)
 
 
-def _direction_key(block: int, convention: str) -> int:
-    return block if convention == "block" else block + 1
+def _canonical_loader(path: Path, rel: str) -> VectorLoader:
+    from hubkit.formats.directions import canonical_vector
+
+    return lambda layers: {i: canonical_vector(path, i, display=rel) for i in layers}
 
 
-def recipe_from_source(source: RepoSource) -> Recipe:
-    """The recipe ``hubkit.json`` records in a published repo, its direction file verified by sha256."""
-    from hubkit.formats.directions import canonical_layout, canonical_vector, to_block_index
+def recipe_from_source(source: RepoSource) -> PublishedRecipe:
+    """The recipe ``hubkit.json`` records in a published repo, its direction files verified by sha256."""
+    from hubkit.formats.directions import canonical_layout
 
     where = f"{source.where}: {HUBKIT_JSON}"
     meta = source.meta
@@ -103,33 +126,45 @@ def recipe_from_source(source: RepoSource) -> Recipe:
     regen = meta.regenerate
     if regen is None:
         raise HubkitError(f"{where}: no 'regenerate' recipe (this run publishes no abliteration recipe)")
-    entry = meta.direction(regen.direction)
-    if entry is None or not entry.canonical:
-        raise HubkitError(
-            f"{where}: regenerate.direction '{regen.direction}' has no entry with a canonical file in directions"
-        )
+
+    def canonical(name: str, key: str) -> tuple[Path, str, str, dict[int, int]]:
+        entry = meta.direction(name)
+        if entry is None or not entry.canonical:
+            raise HubkitError(f"{where}: regenerate.{key} '{name}' has no entry with a canonical file in directions")
+        path = source.verified(entry.canonical, ProvenanceError)
+        file_meta, dims = canonical_layout(path, display=entry.canonical)
+        return path, entry.canonical, file_meta.get("layer_convention", "block"), dims
+
     if regen.layer is None:
         raise HubkitError(f"{where}: regenerate.layer is missing")
-    rel = entry.canonical
-    path = source.verified(rel, ProvenanceError)
-    file_meta, dims = canonical_layout(path, display=rel)
-    stored = file_meta.get("layer_convention", "block")
-    convention = regen.layer_convention or entry.layer_convention or stored
-    layer = int(regen.layer)
-    key = _direction_key(to_block_index(layer, convention), stored)
-    if key not in dims:
-        raise DirectionError(
-            f"{rel}: no layer {key} ({stored} convention); has {layer_span(list(dims), 'none')}"
-        )
+    path, rel, stored, dims = canonical(regen.direction, "direction")
+    entry = meta.direction(regen.direction)
+    convention = regen.layer_convention or (entry.layer_convention if entry else None) or stored
+    g_loader, g_layers = None, []
+    if regen.spec.project_out:
+        g_path, g_rel, g_stored, g_dims = canonical(regen.spec.project_out, "project_out")
+        if g_stored != stored or set(g_dims.values()) != set(dims.values()):
+            raise ProvenanceError(f"{g_rel}: project_out '{regen.spec.project_out}' ({g_stored}, d={_d(g_dims)}) must "
+                                  f"match the direction ({stored}, d={_d(dims)})")
+        g_loader, g_layers = _canonical_loader(g_path, g_rel), sorted(g_dims)
+    if regen.layer != "each":  # the layer(s) the recipe names must be in the file, whatever the base
+        shift = {("block", "hidden_states"): 1, ("hidden_states", "block"): -1}.get((convention, stored), 0)
+        x = float(regen.layer) + shift
+        wanted = [math.floor(x)] + ([math.floor(x) + 1] if x != math.floor(x) else [])
+        gone = [i for i in wanted if i not in dims]
+        if gone:
+            raise DirectionError(f"{rel}: no layer {gone[0]} ({stored} convention); has {layer_span(list(dims), 'none')}")
     run = meta.run or {}
-    return Recipe(
-        direction_name=regen.direction,
-        load_direction=lambda: canonical_vector(path, key, display=rel),
-        d=dims[key],
-        direction_file=rel,
-        layer=layer,
+    return PublishedRecipe(
+        spec=regen.spec,
         layer_convention=convention,
-        targets=tuple(regen.targets or DEFAULT_TARGETS),
+        stored=stored,
+        d=_d(dims),
+        direction_file=rel,
+        available=sorted(dims),
+        load_vectors=_canonical_loader(path, rel),
+        load_project_out=g_loader,
+        project_out_available=g_layers,
         base_model=regen.base_model or run.get("base_model"),
         base_model_revision=regen.base_model_revision or run.get("base_model_revision"),
         shards_sha256=dict(regen.shards_sha256 or {}),
@@ -140,7 +175,11 @@ def recipe_from_source(source: RepoSource) -> Recipe:
     )
 
 
-def recipe_from_run(run: Run) -> Recipe:
+def _d(dims: dict[int, int]) -> int:
+    return next(iter(dims.values()), 0)
+
+
+def recipe_from_run(run: Run) -> PublishedRecipe:
     """The recipe of a loaded run (``hubkit.yaml``), as the publish side sees it before anything is staged."""
     r = run.manifest.regenerate
     if r is None:
@@ -151,15 +190,21 @@ def recipe_from_run(run: Run) -> Recipe:
         raise HubkitError(
             f"{run.root}/hubkit.yaml: regenerate.layer is needed ({ds.source} has several layers)"
         )
-    vec = ds.vector(layer)
-    return Recipe(
-        direction_name=ds.name,
-        load_direction=lambda: vec,
-        d=int(vec.numel()),
-        direction_file=ds.source or ds.name,
-        layer=int(layer),
+    g = run.direction(r.project_out) if r.project_out else None
+
+    def loader(d: Any) -> VectorLoader:
+        return lambda layers: {i: d.vector(i).double().numpy() for i in layers}
+
+    return PublishedRecipe(
+        spec=dataclasses.replace(r, layer=layer),
         layer_convention=ds.layer_convention,
-        targets=tuple(r.targets or DEFAULT_TARGETS),
+        stored=ds.layer_convention,
+        d=ds.d,
+        direction_file=ds.source or ds.name,
+        available=ds.layer_ids,
+        load_vectors=loader(ds),
+        load_project_out=loader(g) if g is not None else None,
+        project_out_available=g.layer_ids if g is not None else [],
         base_model=run.manifest.base_model,
         base_model_revision=run.manifest.base_model_revision,
         source=str(run.root),
@@ -167,7 +212,7 @@ def recipe_from_run(run: Run) -> Recipe:
     )
 
 
-def load_recipe(source: str | Path | Run, *, revision: str | None = None) -> Recipe:
+def load_recipe(source: str | Path | Run, *, revision: str | None = None) -> PublishedRecipe:
     """The recipe of a Hub repo (``revision`` resolved once to a commit), a staged tree, or a run folder."""
     if not isinstance(source, (str, Path)):
         return recipe_from_run(source)
@@ -201,7 +246,7 @@ class BaseCheckpoint:
 
 
 def resolve_base(
-    recipe: Recipe, base_model: str | Path | None = None, *, plan_only: bool = False
+    recipe: PublishedRecipe, base_model: str | Path | None = None, *, plan_only: bool = False
 ) -> BaseCheckpoint:
     """Find or fetch the base checkpoint, refusing one that is not the recorded base model / revision."""
     given = base_model if base_model is not None else recipe.base_model
@@ -220,7 +265,7 @@ def resolve_base(
     return _hub_base(given, recipe.base_model_revision, plan_only=plan_only)
 
 
-def _local_base(recipe: Recipe, path: Path) -> BaseCheckpoint:
+def _local_base(recipe: PublishedRecipe, path: Path) -> BaseCheckpoint:
     m = _SNAPSHOT.search(path.resolve().as_posix())
     if m is None:
         return BaseCheckpoint(
@@ -271,7 +316,7 @@ def _remote_index(base: BaseCheckpoint) -> tuple[list[Any], dict[str, Any]]:
 # ====================================================================== provenance
 
 
-def check_provenance(recipe: Recipe, config: dict[str, Any], base: BaseCheckpoint) -> None:
+def check_provenance(recipe: PublishedRecipe, config: dict[str, Any], base: BaseCheckpoint) -> None:
     """Refuse a base that doesn't fit the recipe, before anything is written; both values in the message."""
     where = f"{base.path}/config.json"
     model_type, d, n_layers = config_facts(config, where)
@@ -279,14 +324,28 @@ def check_provenance(recipe: Recipe, config: dict[str, Any], base: BaseCheckpoin
         raise ProvenanceError(
             f"{where}: hidden_size {d} ≠ d={recipe.d} of direction '{recipe.direction_name}' ({recipe.direction_file})"
         )
-    from hubkit.formats.directions import to_block_index
-
-    block = to_block_index(recipe.layer, recipe.layer_convention)
-    if not -1 <= block < n_layers:
+    if isinstance(recipe.layer, (int, float)):
+        block = to_block_index(math.floor(recipe.layer), recipe.layer_convention)
+        if not -1 <= block < n_layers:
+            raise ProvenanceError(
+                f"{where}: recipe layer {recipe.layer} ({recipe.layer_convention}) is block {block}, the model has "
+                f"blocks 0–{n_layers - 1}"
+            )
+    needed = recipe.recipe.blocks_needed(n_layers)
+    missing = [i for i in needed if i not in recipe.available]
+    if missing:
         raise ProvenanceError(
-            f"{where}: recipe layer {recipe.layer} ({recipe.layer_convention}) is block {block}, the model has "
-            f"blocks 0–{n_layers - 1}"
+            f"{recipe.direction_file}: the recipe (layer {recipe.layer}) needs layer(s) {layer_span(missing, 'none')} "
+            f"({recipe.stored} convention) for a base of {n_layers} blocks; the file has "
+            f"{layer_span(recipe.available, 'none')}"
         )
+    if recipe.load_project_out is not None:
+        gone = [i for i in needed if i not in recipe.project_out_available]
+        if gone:
+            raise ProvenanceError(
+                f"project_out '{recipe.spec.project_out}': no layer(s) {layer_span(gone, 'none')} "
+                f"({recipe.stored} convention); the direction needs them"
+            )
     if recipe.model_type:
         text_type = (config.get("text_config") or {}).get("model_type")
         if recipe.model_type not in (model_type, text_type):
@@ -309,7 +368,7 @@ class RegenerateResult:
     differing: list[str]
     worst: TensorCheck | None
     orthogonal: bool
-    recipe: Recipe
+    recipe: PublishedRecipe
     base: BaseCheckpoint
     notes: list[str] = field(default_factory=list)
 
@@ -347,7 +406,7 @@ class VerificationFailed(HubkitError):
 
 def _prepare(
     source: str | Path | Run, revision: str | None, base_model: str | Path | None, plan_only: bool
-) -> tuple[Recipe, BaseCheckpoint, TensorPlan]:
+) -> tuple[PublishedRecipe, BaseCheckpoint, TensorPlan]:
     recipe = load_recipe(source, revision=revision)
     base = resolve_base(recipe, base_model, plan_only=plan_only)
     config = read_config(base.path)
@@ -356,7 +415,7 @@ def _prepare(
         shards, tensors = _remote_index(base)
     else:
         shards, tensors = read_index(base.path)
-    plan = build_plan(config, tensors, shards, recipe.targets)
+    plan = recipe.recipe.assign(build_plan(config, tensors, shards, recipe.targets))
     return recipe, base, plan
 
 
@@ -388,7 +447,7 @@ def regenerate(
         out = Path.cwd() / f"{stem}-{recipe.direction_name}-abliterated"
     out = Path(out)
     with staging_dir(out, overwrite=overwrite) as tmp:
-        result = execute_plan(plan, base.path, tmp, lambda: recipe.direction, device=device, progress=progress)
+        result = execute_plan(plan, base.path, tmp, _vectors(recipe, plan), device=device, progress=progress)
         if device != "cpu":
             done = ", ".join(f"{n} on {where}" for where, n in sorted(result.devices.items()))
             notes.append(f"tensors computed: {done} (the CPU computes until the GPU is up; same bytes either way)")
@@ -427,6 +486,11 @@ def regenerate(
     return res
 
 
+def _vectors(recipe: PublishedRecipe, plan: TensorPlan) -> Callable[[], dict[str, Any]]:
+    """The plan's vectors, read when the executor asks (after the byte copy has started)."""
+    return lambda: recipe.recipe.vectors(sorted({op.vector for op in plan.ops}))
+
+
 def _compare(recorded: dict[str, str], ours: dict[str, str]) -> tuple[str, list[str]]:
     if not recorded:
         return "not recorded", []
@@ -447,7 +511,7 @@ def record_regeneration(
     """
     recipe, base, plan = _prepare(source, None, base_dir, False)
     return execute_plan(
-        plan, base.path, None, lambda: recipe.direction, device=device, progress=progress
+        plan, base.path, None, _vectors(recipe, plan), device=device, progress=progress
     ).shards_sha256
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hubkit.weights.recipes import orthogonalize  # noqa: F401  (each recipe module registers itself)
-from hubkit.weights.recipes.base import Recipe, get, names, register
+from hubkit.weights.recipes import norm_preserving, orthogonalize  # noqa: F401  (each module registers itself)
+from hubkit.weights.recipes.base import Recipe, for_spec, get, names, register
 
-__all__ = ["Recipe", "get", "names", "register"]
+__all__ = ["Recipe", "for_spec", "get", "names", "register"]

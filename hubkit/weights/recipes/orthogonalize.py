@@ -1,6 +1,9 @@
-"""The seed recipe (mlabonne / Arditi et al.): one unit direction r, weight 1, removed from every targeted
-residual writer of every block: ``W ← W − r (rᵀW)`` for ``[d, in]`` writers, ``W ← W − (W r) rᵀ`` for the
-embedding, biases ``b ← b − (rᵀb) r``. Its inference-time twin is :func:`hubkit.use.steering.ablate`.
+"""Directional ablation of the residual writers (mlabonne / Arditi et al.; heretic with ``row_normalization:
+none``): ``W ← W − w r (rᵀW)`` for ``[d, in]`` writers, ``W ← W − w (W r) rᵀ`` for the embedding and an
+untied lm_head, ``b ← b − w (rᵀb) r`` for biases, with r one unit direction per block (a layer, an
+interpolated index, or each block's own) and w its weight (1, a number, a ``{block: w}`` map or heretic's
+kernel). Its inference-time twin is :func:`hubkit.use.steering.ablate`: ``y ← y − w (y·r) r`` on every
+writer's output gives the same logits.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ if TYPE_CHECKING:
     import torch
 
 
-def orthogonalize(weight: torch.Tensor, r: Any, kind: str) -> torch.Tensor:
+def orthogonalize(weight: torch.Tensor, r: Any, kind: str, w: float = 1.0) -> torch.Tensor:
     """The whole-tensor form of what the executor streams (the same bytes), for tests and small uses.
 
     ``weight`` a torch tensor in its storage dtype (BF16/F16/F32/F64); ``r`` any float vector ``[d]``
@@ -35,17 +38,18 @@ def orthogonalize(weight: torch.Tensor, r: Any, kind: str) -> torch.Tensor:
     ]
     k = TorchKernels(code, unit_vector(r), str(weight.device))
     if kind == "rows":
-        return rows_block(weight.reshape(-1, weight.shape[-1]), k).reshape(weight.shape)
+        return rows_block(weight.reshape(-1, weight.shape[-1]), k, w=w).reshape(weight.shape)
     d, m = weight.shape[-2], weight.shape[-1]
     out = []
     for mat in weight.reshape(-1, d, m):
         s = accumulate(cols_partials(mat, k.r, chunk_rows(m), k), None)
-        out.append(cols_block(mat, k.r, s, k))
+        out.append(cols_block(mat, k.r, s, k, w=w))
     return torch.stack(out).reshape(weight.shape)
 
 
 @register
 class Orthogonalize(Recipe):
     name = "orthogonalize"
+    summary = "directional ablation of every targeted residual writer (W − w r rᵀW)"
+    norms = ("none",)
     has_hook_equivalent = True
-    summary = "one direction, weight 1, every block"
