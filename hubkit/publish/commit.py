@@ -36,7 +36,7 @@ from hubkit.formats.hubjson import CARD, HUBKIT_JSON, HistoryEntry, HubJson
 from hubkit.hub import VERSION_RE, Hub, RemoteState
 from hubkit.publish.plan import FileChange, PublishPlan, diff_package, git_blob_sha1
 from hubkit.publish.repo_tree import Package, PackageFile, build_package, stage
-from hubkit.publish.secrets import check_secrets
+from hubkit.publish.secrets import check_generated, check_secrets
 from hubkit.run.manifest import Manifest, is_repo_id, load_manifest
 from hubkit.run.run import inventory, load_run
 
@@ -53,6 +53,7 @@ def stage_run(run_dir: str | Path, out: str | Path, *, template_dir: str | Path 
     run = load_run(run_dir, with_weights=with_weights)
     check_secrets(run.root, [f.path for f in run.included_files], run.manifest.allow_secrets)
     package = build_package(run, template_dir=template_dir)
+    check_generated(package.generated(), run.manifest.allow_secrets)
     stage(package, out)
     return package
 
@@ -182,6 +183,8 @@ def publish(
     history.append(HistoryEntry(new_version, today, summary))
     package = build_package(run, version=new_version, history=history, progress=False, **common)
     _merge_card(package, state, notes)
+    check_generated(package.generated() + (dplan.package.generated() if dplan else []),
+                    run.manifest.allow_secrets)  # before anything leaves: the card quotes the run
 
     adds, changes, deletes, unchanged = diff_package(package, state)
     plan = PublishPlan(

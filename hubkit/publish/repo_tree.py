@@ -50,6 +50,10 @@ class Package:
     def file(self, path: str) -> PackageFile | None:
         return next((f for f in self.files if f.path == path), None)
 
+    def generated(self) -> list[tuple[str, bytes]]:
+        """``(path, bytes)`` of every file hubkit wrote itself (what the run's own scan has not seen)."""
+        return [(f.path, f.data) for f in self.files if f.data is not None]
+
     @property
     def total_size(self) -> int:
         return sum(f.size for f in self.files)
