@@ -515,38 +515,16 @@ _KIND_TEXT = {
 
 
 def _descriptions(run: Run, rankings: list[RankingView]) -> dict[str, str]:
-    """What each file of the repo is, in words; specific where the manifest says what a file is for."""
-    m = run.manifest
+    """What each file of the repo is, in words: each artifact kind describes the files it owns."""
+    from hubkit.run.kinds import kinds
+
     out: dict[str, str] = {}
-    for ds in run.directions:
-        n = len(ds.layers)
-        span = f"{n} layers" if n > 1 else f"layer {ds.layer_ids[0]} ({ds.layer_convention})"
-        out[f"vectors/{ds.name}.safetensors"] = (f"direction `{ds.name}`, canonical: float32 `layer.<i>` "
-                                                 f"tensors, {span}, d={ds.d}")
-        spec = m.direction(ds.name)
-        if spec:
-            fmt = PurePosixPath(spec.file).suffix
-            note = " (a pickle container: prefer the safetensors copy)" if fmt in (".pt", ".pth") else ""
-            out[spec.file] = f"direction `{ds.name}` as the run saved it{note}"
+    for kind in kinds():
+        out.update(kind.describe(run))
     for rv in rankings:
-        who = f" of `{rv.direction}`" if rv.direction else ""
-        out[rv.file] = f"per-layer ranking{who}: {', '.join(rv.columns)}"
         if rv.plot:
+            who = f" of `{rv.direction}`" if rv.direction else ""
             out[rv.plot] = f"plot of the ranking{who} by layer (shown above)"
-    for c in run.contrasts:
-        out[c.file] = f"contrast prompts `{c.label}` ({c.count})"
-    per_task: dict[str, list[str]] = {}
-    for ev in run.evaluations:
-        for a in ev.arms:
-            if a.per_task_file:
-                per_task.setdefault(a.per_task_file, []).append(f"{a.label} on {ev.name}")
-    for path, uses in per_task.items():
-        out[path] = "per-task results: " + "; ".join(uses)
-    if m.summary_file:
-        out[m.summary_file] = "report (its text is the summary above)"
-    for s in m.sections:
-        if s.file:
-            out[s.file] = f"the section “{s.title}” above"
     return out
 
 

@@ -38,7 +38,7 @@ from hubkit.publish.plan import FileChange, PublishPlan, diff_package, git_blob_
 from hubkit.publish.repo_tree import Package, PackageFile, build_package, stage
 from hubkit.publish.secrets import check_generated, check_secrets
 from hubkit.run.manifest import Manifest, is_repo_id, load_manifest
-from hubkit.run.run import inventory, load_run
+from hubkit.run.run import inventory, load_run, manifest_roles
 
 __all__ = ["PublishPlan", "PublishResult", "publish", "stage_run", "change_summary"]
 
@@ -276,26 +276,6 @@ def _unchanged(package: Package, state: RemoteState) -> bool:
         return False
     adds, changes, deletes, _ = diff_package(package, state)
     return not deletes and all(c.path in VOLATILE_FILES for c in adds + changes)
-
-
-def manifest_roles(m: Manifest) -> dict[str, str]:
-    """Kinds of the files the manifest names (the same roles ``validate_run`` gives them): such files are
-    always published, whatever include/exclude say."""
-    roles: dict[str, str] = {}
-    for d in m.directions:
-        roles[d.file] = "direction"
-    for r in m.ranking:
-        roles[r] = "ranking"
-    for c in m.contrast:
-        roles[c.file] = "contrast"
-    for e in m.evaluations:
-        for a in e.arms:
-            if a.per_task:
-                roles[a.per_task] = "results"
-    for f in [m.summary_file] + [s.file for s in m.sections]:
-        if f:
-            roles[f] = "report"
-    return roles
 
 
 def _scan(root: Path, m: Manifest, roles: dict[str, str], *, with_weights: bool, done: set[str]) -> set[str]:

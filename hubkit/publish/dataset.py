@@ -11,10 +11,8 @@ the same ``vN`` tag as the model, so ``load_dataset(..., revision="v2")`` matche
 from __future__ import annotations
 
 import io
-import json
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hubkit import __version__
@@ -22,6 +20,7 @@ from hubkit.errors import HubkitError
 from hubkit.formats.hashing import sha256_bytes
 from hubkit.formats.hubjson import CARD, HUBKIT_JSON, FileRecord, HubJson
 from hubkit.publish.repo_tree import Package, PackageFile
+from hubkit.run.kinds import kinds
 
 if TYPE_CHECKING:
     from hubkit.hub import Hub, RemoteState
@@ -74,27 +73,6 @@ def _parquet(table: Any) -> bytes:
     return buf.getvalue()
 
 
-def _contrast_table(path: Path, label: str, prompts: list[str]) -> Any:
-    """The JSONL objects as rows (plus ``label``); prompts only when the objects don't share a schema."""
-    import pyarrow as pa
-
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    try:
-        rows = [dict(r, label=r.get("label", label)) for r in rows]
-        return pa.Table.from_pylist(rows)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError):
-        return pa.table({"prompt": prompts, "label": [label] * len(prompts),
-                         "raw": [json.dumps(r, ensure_ascii=False, sort_keys=True) for r in rows]})
-
-
-def _results_table(path: Path) -> Any:
-    import pandas as pd
-    import pyarrow as pa
-
-    df = pd.read_csv(path)
-    return pa.Table.from_pandas(df, preserve_index=False)
-
-
 def build_dataset(run: Run, *, model_repo: str | None) -> tuple[Package, list[DatasetConfig]]:
     """The dataset repo's files: one Parquet file per contrast set and per-task table, README, hubkit.json."""
     taken: set[str] = set()
@@ -108,18 +86,9 @@ def build_dataset(run: Run, *, model_repo: str | None) -> tuple[Package, list[Da
         files[cfg.path] = PackageFile(cfg.path, len(data), sha256_bytes(data), "data", data=data)
         configs.append(cfg)
 
-    for cs in run.contrasts:
-        add("contrast", cs.label, cs.file, f"contrast set '{cs.label}'",
-            _contrast_table(run.root / cs.file, cs.label, cs.prompts))
-    seen: set[str] = set()
-    for ev in run.evaluations:
-        for arm in ev.arms:
-            if not arm.per_task_file or arm.per_task_file in seen:
-                continue
-            seen.add(arm.per_task_file)
-            name = arm.id if len(run.evaluations) == 1 else f"{ev.name}_{arm.id}"
-            add("results", name, arm.per_task_file, f"per-task results of '{arm.label}' ({ev.name})",
-                _results_table(run.root / arm.per_task_file))
+    for kind in kinds():
+        for table in kind.dataset_tables(run):
+            add(table.prefix, table.name, table.source, table.what, table.rows())
     if not configs:
         raise HubkitError("--dataset-repo: the run has no contrast sets and no per-task result tables to publish")
 

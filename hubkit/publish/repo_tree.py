@@ -25,6 +25,8 @@ from hubkit.formats.hubjson import (
     HubJson,
     RegenerateRecord,
 )
+from hubkit.run.kinds import kinds
+from hubkit.run.kinds.directions import canonical_path
 from hubkit.run.run import Run
 
 
@@ -74,16 +76,6 @@ class Package:
 
 
 # --------------------------------------------------------------------------- building
-
-
-def canonical_path(name: str) -> str:
-    return f"vectors/{name}.safetensors"
-
-
-def _canonical_bytes(run: Run) -> dict[str, bytes]:
-    from hubkit.formats.directions import canonical_bytes
-
-    return {canonical_path(ds.name): canonical_bytes(ds) for ds in run.directions}
 
 
 def direction_entries(run: Run) -> list[DirectionRecord]:
@@ -140,8 +132,9 @@ def build_package(
 
     cache = hash_cache or HashCache()
     generated: dict[str, tuple[bytes, str]] = {}
-    for path, data in _canonical_bytes(run).items():
-        generated[path] = (data, "direction")
+    for kind in kinds():
+        for g in kind.generated(run):
+            generated[g.path] = (g.data, g.kind)
     for path, data in card.build_assets(run).items():
         generated[path] = (data, "asset")
 

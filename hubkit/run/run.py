@@ -13,10 +13,10 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from hubkit.errors import HubkitError, ManifestError, ValidationFailed
-from hubkit.run.contrast import ContrastSet, read_contrast
-from hubkit.run.evaluations import Evaluation, load_evaluation
+from hubkit.run.contrast import ContrastSet
+from hubkit.run.evaluations import Evaluation
 from hubkit.run.manifest import DEFAULT_EXCLUDE, MANIFEST_NAME, Manifest, load_manifest
-from hubkit.run.ranking import Ranking, read_ranking
+from hubkit.run.ranking import Ranking
 
 if TYPE_CHECKING:
     from hubkit.formats.directions import DirectionSet
@@ -95,23 +95,65 @@ def matches(path: str, patterns: list[str]) -> bool:
     return False
 
 
-def _safe_rel(run_dir: Path, rel: str, where: str) -> Path:
+#: folders that are tools' bookkeeping, never research output (a pulled repo's HF cache, git, notebooks)
+IGNORED_DIRS = (".git", ".cache", "__pycache__", ".ipynb_checkpoints", ".hg", ".svn")
+#: files the Hub or git own (a pulled repo carries the Hub's .gitattributes)
+IGNORED_FILES = (".gitattributes",)
+
+
+def resolve_in_run(root: Path, rel: str, where: str, *, folder: bool = False) -> Path:
+    """``root/rel`` with every symlink resolved, refused (one line naming ``where``) unless it stays inside the
+    run: a manifest path, or a symlink along it (``notes/etc -> /etc``), must not reach outside."""
+    from hubkit.source import inside
+
     p = PurePosixPath(rel)
-    if p.is_absolute() or ".." in p.parts:
+    if p.is_absolute() or ".." in p.parts or "\0" in rel:
         raise ManifestError(f"{where}: path '{rel}' must be relative and inside the run directory")
-    return run_dir / rel
+    path = root / rel
+    if not path.exists():
+        if folder:
+            return path
+        raise ManifestError(f"{where}: file '{rel}' not found")
+    try:
+        real = inside(root, path, where)
+    except HubkitError as e:
+        raise ManifestError(f"{where}: '{rel}' resolves outside the run directory (a symlink); refused") from e
+    if not folder and not real.is_file():
+        raise ManifestError(f"{where}: '{rel}' is not a file")
+    return real
 
 
-def _walk(root: Path) -> list[tuple[str, int]]:
-    out = []
+def _walk(root: Path) -> tuple[list[tuple[str, int]], list[tuple[str, int, str]]]:
+    """Every file of the run (symlinks inside the run followed: a copied HF snapshot works), and what was left
+    out before classification: links leading outside the run, tools' folders."""
+    files, skipped = [], []
+    top = os.path.realpath(root)
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in (".git", "__pycache__"))
+        here = Path(dirpath)
+        keep = []
+        for d in sorted(dirnames):
+            rel = (here / d).relative_to(root).as_posix()
+            if d in IGNORED_DIRS:
+                skipped.append((rel + "/", 0, f"{d}/ is tool bookkeeping, not part of the run"))
+            elif (here / d).is_symlink():
+                skipped.append((rel + "/", 0, "a symlinked folder (not followed; copy it in or list its files)"))
+            else:
+                keep.append(d)
+        dirnames[:] = keep
         for fn in sorted(filenames):
-            full = Path(dirpath) / fn
-            if full.is_symlink() or not full.is_file():
+            full = here / fn
+            rel = full.relative_to(root).as_posix()
+            if fn in IGNORED_FILES and dirpath == str(root):
+                skipped.append((rel, 0, "owned by the Hub / git"))
                 continue
-            out.append((full.relative_to(root).as_posix(), full.stat().st_size))
-    return sorted(out)
+            real = os.path.realpath(full)
+            if not (real == top or real.startswith(top.rstrip(os.sep) + os.sep)):
+                skipped.append((rel, 0, "a symlink to outside the run (its content is never read)"))
+                continue
+            if not os.path.isfile(real):
+                continue
+            files.append((rel, os.stat(real).st_size))
+    return sorted(files), skipped
 
 
 def classify(path: str, m: Manifest, role: dict[str, str]) -> str:
@@ -133,8 +175,9 @@ def classify(path: str, m: Manifest, role: dict[str, str]) -> str:
 def inventory(run_dir: Path, m: Manifest, role: dict[str, str], *, with_weights: bool = False) -> list[FileEntry]:
     """Every file of the run with its kind and whether it goes into the repo (and why not)."""
     limit = int(m.max_file_size_mb * 1024 * 1024)
-    entries = []
-    for rel, size in _walk(run_dir):
+    files, skipped = _walk(run_dir)
+    entries = [FileEntry(rel, size, "skipped", included=False, reason=why) for rel, size, why in skipped]
+    for rel, size in files:
         kind = "manifest" if rel == MANIFEST_NAME else classify(rel, m, role)
         e = FileEntry(rel, size, kind)
         if rel in role or kind == "manifest":
@@ -150,129 +193,33 @@ def inventory(run_dir: Path, m: Manifest, role: dict[str, str], *, with_weights:
         elif size > limit:
             e.included, e.reason = False, f"over the {m.max_file_size_mb:g} MB limit (max_file_size_mb)"
         entries.append(e)
-    return entries
+    return sorted(entries, key=lambda f: f.path)
+
+
+def manifest_roles(m: Manifest) -> dict[str, str]:
+    """Kinds of the files the manifest names: such files are always published, whatever include/exclude say."""
+    from hubkit.run.kinds import kinds
+
+    return {n.path: n.file_kind for kind in kinds() for n in kind.named(m)}
 
 
 def validate_run(run_dir: str | Path, *, with_weights: bool = False) -> ValidationReport:
-    """Load every artifact the manifest names, collecting one line per problem."""
+    """Load every artifact the manifest names, collecting one line per problem (every kind, every file)."""
+    from hubkit.run.kinds import LoadContext, kinds
+
     run_dir = Path(run_dir)
     m = load_manifest(run_dir)  # a broken manifest stops here: nothing else can be read
-    where = str(run_dir / MANIFEST_NAME)
     run = Run(root=run_dir, manifest=m)
-    problems: list[str] = []
-    role: dict[str, str] = {}
-
-    def attempt(fn, *args, **kw):
-        try:
-            return fn(*args, **kw)
-        except HubkitError as e:
-            problems.append(str(e))
-            return None
-
-    def exists(rel: str, key: str, kind: str) -> Path | None:
-        try:
-            p = _safe_rel(run_dir, rel, f"{where}: {key}")
-        except ManifestError as e:
-            problems.append(str(e))
-            return None
-        if not p.is_file():
-            problems.append(f"{where}: {key}: file '{rel}' not found")
-            return None
-        role[rel] = kind
-        return p
-
-    for i, d in enumerate(m.directions):
-        p = exists(d.file, f"directions[{i}].file", "direction")
-        if p is not None:
-            from hubkit.formats.directions import read_direction_file
-
-            ds = attempt(read_direction_file, p, name=d.name, layer=d.layer,
-                         layer_convention=d.layer_convention, display=d.file)
-            if ds is not None:
-                ds.base_model, ds.method, ds.source = m.base_model, d.method, d.file
-                run.directions.append(ds)
-                if not ds.unit_norm:
-                    run.notes.append(f"{d.file}: not unit-norm (norms {min(ds.norms.values()):.3g}–"
-                                     f"{max(ds.norms.values()):.3g}); canonical copy keeps the values as they are")
-    for i, r in enumerate(m.ranking):
-        p = exists(r, f"ranking[{i}]", "ranking")
-        if p is not None:
-            rk = attempt(read_ranking, p, r)
-            if rk is not None:
-                run.rankings.append(rk)
-    for i, c in enumerate(m.contrast):
-        p = exists(c.file, f"contrast[{i}].file", "contrast")
-        if p is not None:
-            cs = attempt(read_contrast, p, c.file, c.label)
-            if cs is not None:
-                run.contrasts.append(cs)
-                for line, first in cs.duplicates:
-                    run.notes.append(f"{c.file}:{line}: duplicate prompt (same as line {first})")
-    for i, e in enumerate(m.evaluations):
-        ok = True
-        for j, a in enumerate(e.arms):
-            if a.per_task and exists(a.per_task, f"evaluations[{i}].arms[{j}].per_task", "results") is None:
-                ok = False
-        if ok:
-            ev = attempt(load_evaluation, e, run_dir, where)
-            if ev is not None:
-                run.evaluations.append(ev)
-    if m.summary_file:
-        p = exists(m.summary_file, "summary_file", "report")
-        if p is not None:
-            run.summary = p.read_text(encoding="utf-8")
-    else:
-        run.summary = m.summary
-    for i, s in enumerate(m.sections):
-        if s.file:
-            p = exists(s.file, f"sections[{i}].file", "report")
-            if p is not None:
-                run.sections.append(Section(s.title, p.read_text(encoding="utf-8").strip(), s.file))
-        else:
-            run.sections.append(Section(s.title, (s.text or "").strip()))
-    if m.weights:
-        wp = run_dir / m.weights.path
-        if not wp.is_dir():
-            problems.append(f"{where}: weights.path: folder '{m.weights.path}' not found")
-        elif not (wp / "config.json").is_file():
-            problems.append(f"{where}: weights.path: '{m.weights.path}' has no config.json")
-
-    _cross_check(run, problems, where)
-    run.files = inventory(run_dir, m, role, with_weights=with_weights)
-    big = [f for f in run.files if not f.included]
-    for f in big:
-        run.notes.append(f"{f.path}: left out ({f.reason})")
-    return ValidationReport(run=run, problems=problems, notes=run.notes)
-
-
-def _cross_check(run: Run, problems: list[str], where: str) -> None:
-    """Checks across artifacts: one d, rankings cover the selected layer, the recipe's layer exists."""
-    ds = {d.name: d.d for d in run.directions}
-    if len(set(ds.values())) > 1:
-        parts = ", ".join(f"{n}: d={d}" for n, d in ds.items())
-        problems.append(f"{where}: directions have different d ({parts})")
-    for d in run.directions:
-        rk = run.ranking_for(d.name)
-        if rk is None:
-            continue
-        if d.selected_layer is not None and d.selected_layer not in rk.layers:
-            problems.append(f"{rk.file}: no row for {d.name}'s selected layer {d.selected_layer} "
-                            f"({d.layer_convention} convention)")
-        if len(d.layers) > 1 and not set(rk.layers) <= set(d.layers):
-            extra = sorted(set(rk.layers) - set(d.layers))
-            problems.append(f"{rk.file}: layers {extra[:5]} not in {d.source} (has {d.layer_ids[0]}–"
-                            f"{d.layer_ids[-1]})")
-    r = run.manifest.regenerate
-    if r is not None and r.direction in ds:
-        d = run.direction(r.direction)
-        layer = r.layer if r.layer is not None else d.selected_layer
-        if layer is None:
-            problems.append(f"{where}: regenerate.layer is needed ({d.source} has {len(d.layers)} layers)")
-        elif layer not in d.layers:
-            problems.append(f"{where}: regenerate.layer {layer} not in {d.source} (layers "
-                            f"{d.layer_ids[0]}–{d.layer_ids[-1]}, {d.layer_convention} convention)")
-        if not run.manifest.base_model:
-            problems.append(f"{where}: base_model is required when a regenerate recipe is given")
+    ctx = LoadContext(run, str(run_dir / MANIFEST_NAME))
+    for kind in kinds():
+        kind.load(ctx)
+    for kind in kinds():
+        kind.cross_check(ctx)
+    run.files = inventory(run_dir, m, manifest_roles(m), with_weights=with_weights)
+    for f in run.files:
+        if not f.included:
+            run.notes.append(f"{f.path}: left out ({f.reason})")
+    return ValidationReport(run=run, problems=ctx.problems, notes=run.notes)
 
 
 def load_run(run_dir: str | Path, *, with_weights: bool = False) -> Run:
