@@ -19,7 +19,7 @@ from hubkit.errors import HubkitError
 
 if TYPE_CHECKING:
     from hubkit.run.manifest import Manifest
-    from hubkit.run.run import Run
+    from hubkit.run.model import Run
 
 _KINDS: list[ArtifactKind] = []
 
@@ -81,7 +81,7 @@ class LoadContext:
 
     def file(self, named: Named) -> Path | None:
         """The named file, confined to the run (symlinks followed only while they stay inside it)."""
-        from hubkit.run.run import resolve_in_run
+        from hubkit.run.model import resolve_in_run
 
         try:
             return resolve_in_run(self.run.root, named.path, f"{self.where}: {named.key}")

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from hubkit.run.manifest import Manifest
-    from hubkit.run.run import Run
+    from hubkit.run.model import Run
 
 
 @register

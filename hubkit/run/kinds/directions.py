@@ -9,7 +9,7 @@ from hubkit.run.kinds.base import ArtifactKind, Generated, LoadContext, Named, r
 
 if TYPE_CHECKING:
     from hubkit.run.manifest import Manifest
-    from hubkit.run.run import Run
+    from hubkit.run.model import Run
 
 
 def canonical_path(name: str) -> str:

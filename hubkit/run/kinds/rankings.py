@@ -8,7 +8,7 @@ from hubkit.run.kinds.base import ArtifactKind, LoadContext, Named, register
 
 if TYPE_CHECKING:
     from hubkit.run.manifest import Manifest
-    from hubkit.run.run import Run
+    from hubkit.run.model import Run
 
 
 @register

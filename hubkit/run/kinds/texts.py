@@ -8,7 +8,7 @@ from hubkit.run.kinds.base import ArtifactKind, LoadContext, Named, register
 
 if TYPE_CHECKING:
     from hubkit.run.manifest import Manifest
-    from hubkit.run.run import Run
+    from hubkit.run.model import Run
 
 MAX_TEXT_BYTES = 4 * 1024 * 1024  # a card section; a larger "text" is not prose
 
@@ -23,7 +23,7 @@ class Texts(ArtifactKind):
         return out + [Named(s.file, f"sections[{i}].file", "report") for i, s in enumerate(m.sections) if s.file]
 
     def load(self, ctx: LoadContext) -> None:
-        from hubkit.run.run import Section
+        from hubkit.run.model import Section
 
         run, m = ctx.run, ctx.run.manifest
         if m.summary_file:

@@ -11,7 +11,7 @@ class Weights(ArtifactKind):
     section = "weights"
 
     def load(self, ctx: LoadContext) -> None:
-        from hubkit.run.run import resolve_in_run
+        from hubkit.run.model import resolve_in_run
 
         m = ctx.run.manifest
         if not m.weights:
