@@ -172,7 +172,7 @@ def export() -> None:
 @click.option("--revision", help="Tag, branch or commit of a Hub repo.")
 def export_gguf_command(repo_or_dir: str, out: Path, layers: str | None, scale: float, name: str | None,
                         revision: str | None) -> None:
-    """Write a llama.cpp control vector (--control-vector-scaled FILE.gguf S) from REPO_OR_DIR."""
+    """Write a llama.cpp control vector (--control-vector-scaled FILE.gguf:S) from REPO_OR_DIR."""
     from hubkit.use.gguf_export import export_gguf, gguf_summary
 
     click.echo(gguf_summary(export_gguf(repo_or_dir, out, layers=layers, scale=scale, name=name,

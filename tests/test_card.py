@@ -131,7 +131,7 @@ def test_refusal_card_states_tests_and_overlap(cache: HashCache):
     assert 'hf_hub_download("AlexWortega/qwen3.5-4b-refusal-abliterated", "vectors/refusal.safetensors")' in text
     assert "load_file(path)" in text and "torch.load" not in text
     assert 'layer_convention="hidden_states"' in text
-    assert "--control-vector-scaled refusal.gguf" in text and "direction.21" in text
+    assert "--control-vector-scaled refusal.gguf:4" in text and "direction.21" in text
     # rebuild + what was left out
     assert "hubkit regenerate AlexWortega/qwen3.5-4b-refusal-abliterated --out" in text
     assert "**not pushed**" in text

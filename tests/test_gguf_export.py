@@ -88,7 +88,7 @@ def test_gguf_layer_and_parse_layers():
 
 def test_usage_line_shows_control_vector_scaled():
     line = llama_cpp_usage("persona.gguf", 4.0, [22])
-    assert "--control-vector-scaled persona.gguf 4" in line
+    assert "--control-vector-scaled persona.gguf:4 " in line + " " and " 4 " not in line
     assert "--control-vector-layer-range 22 22" in line
 
 
@@ -102,7 +102,7 @@ def test_cli_export_gguf(staged, tmp_path):
                                     "--layers", "20-22", "--scale", "4"])
     assert res.exit_code == 0, res.output
     assert res.output.count("\n") == 1
-    assert "direction.20–22" in res.output and "--control-vector-scaled cap.gguf 1" in res.output
+    assert "direction.20–22" in res.output and "--control-vector-scaled cap.gguf:1" in res.output
     _, tensors = _read(out)
     ds, _ = example_direction("capability-vector-v1")
     np.testing.assert_array_equal(np.asarray(tensors["direction.21"].data), (ds.layers[21] * 4).numpy())

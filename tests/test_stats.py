@@ -292,3 +292,18 @@ def test_cli_stats_of_a_run_with_alternative_override():
 def test_cli_stats_run_and_counts_together_is_a_usage_error():
     r = CliRunner().invoke(main, ["stats", str(ROOT / "artifacts" / "refusal-abliteration"), "--arm", "a=1/2"])
     assert r.exit_code == 2
+
+
+def test_claims_of_significance_need_a_test_that_reaches_them():
+    from hubkit.run.stats import check_claims, significance_claims
+
+    ev = analyze_evaluation(Evaluation("tb", [Arm("abl", "abl", 7, 89), Arm("base", "base", 3, 89)], "base",
+                                       "greater"))
+    problems, caution = check_claims("positive", "abl is significant (p < 0.05) over base", [ev])
+    assert len(problems) == 2 and all("0.165" in p and "Fisher" in p and "one-sided" in p for p in problems)
+    assert caution is not None and "α = 0.05" in caution and "authors' reading" in caution
+    assert check_claims("positive", "suggestive at this N; not significant", [ev]) == ([], caution)
+    assert check_claims("positive", "significant", [ev], alpha=0.2)[0] == []  # declared alpha 0.2: 0.165 carries it
+    assert significance_claims("no significant change; insignificant; non-significant") == []
+    assert significance_claims("p ≤ 1e-3 overall") == [("p ≤ 1e-3", 0.001)]
+    assert check_claims("regression", None, [ev]) == ([], None)

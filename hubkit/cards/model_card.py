@@ -25,7 +25,14 @@ from hubkit import __version__
 from hubkit.errors import HubkitError
 from hubkit.formats.hubjson import HistoryEntry
 from hubkit.formatting import human_size, layer_span
-from hubkit.run.stats import EvaluationStats, analyze_evaluation, format_ci, format_p, format_pct
+from hubkit.run.stats import (
+    EvaluationStats,
+    analyze_evaluation,
+    check_claims,
+    format_ci,
+    format_p,
+    format_pct,
+)
 
 if TYPE_CHECKING:
     import jinja2
@@ -83,6 +90,7 @@ class Banner:
     label: str  # "null result", "regression", ...
     note: str | None
     successor: RelatedView | None = None  # the superseded-by repo, for status superseded
+    caution: str | None = None  # a positive status no test carries: what the numbers are
 
 
 @dataclass
@@ -364,7 +372,8 @@ def build_card_data(run: Run, files: list[FileRecord], meta: HubJson) -> CardDat
         repo_url=f"{HUB}/{repo_id}" if repo_id else None,
         version=meta.version,
         banner=Banner(m.status, STATUS_LABELS.get(m.status, m.status), _oneline(m.status_note),
-                      successor if m.status == "superseded" else None),
+                      successor if m.status == "superseded" else None,
+                      check_claims(m.status, m.status_note, evaluations, m.alpha)[1]),
         summary=_embed(run.summary) if run.summary and run.summary.strip() else None,
         evaluations=evaluations,
         sections=[TextSection(s.title, _embed(s.text), s.source) for s in run.sections if s.text.strip()],

@@ -217,9 +217,13 @@ def _to_layers(obj: Any, layer: int | None, where: str) -> dict[int, torch.Tenso
     if isinstance(obj, dict):
         if not obj:
             raise DirectionError(f"{where}: empty dict, no direction")
-        out = {}
+        out: dict[int, Any] = {}
+        keys: dict[int, Any] = {}
         for k, v in obj.items():
             i = _layer_key(k, where)
+            if i in keys:  # 22 and "layer.22": one of the two vectors would silently win
+                raise DirectionError(f"{where}: keys {keys[i]!r} and {k!r} both name layer {i}")
+            keys[i] = k
             t = _as_tensor(v, f"{where}[{k!r}]")
             if t.dim() != 1:
                 raise DirectionError(f"{where}[{k!r}]: expected a 1-D tensor [d], got shape {list(t.shape)}")

@@ -59,9 +59,41 @@ def read_header(path: Path) -> tuple[dict[str, Any], int]:
             if n > 100 << 20:
                 raise PlanError(f"{path}: not a safetensors file (header length {n})")
             header = json.loads(f.read(n))
-    except (OSError, ValueError) as e:
-        raise PlanError(f"{path}: unreadable safetensors header ({e})") from e
+    except (OSError, ValueError, RecursionError) as e:
+        raise PlanError(f"{path}: unreadable safetensors header ({str(e).splitlines()[0][:200]})") from e
+    if not isinstance(header, dict):
+        raise PlanError(f"{path}: safetensors header is not a JSON object")
     return header, 8 + n
+
+
+_ITEMSIZE = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8, "I8": 1, "U8": 1, "I16": 2, "U16": 2, "I32": 4, "U32": 4,
+             "I64": 8, "U64": 8, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "F4": 1, "F6_E2M3": 1,
+             "F6_E3M2": 1, "C64": 8}
+
+
+def tensor_entry(path: Path, name: Any, meta: Any, start: int, size: int) -> TensorInfo:
+    """One header entry, checked before anything is allocated or read: a dtype, a shape of non-negative ints,
+    offsets inside the file that match the shape's byte size (a crafted header must not send a reader off)."""
+    where = f"{path}: tensor {str(name)[:200]!r}"
+    if not isinstance(meta, dict):
+        raise PlanError(f"{where}: header entry is not an object")
+    dtype, shape, offsets = meta.get("dtype"), meta.get("shape"), meta.get("data_offsets")
+    if not isinstance(dtype, str) or not isinstance(shape, list) or not all(
+            isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 1 << 48 for s in shape) or len(shape) > 8:
+        raise PlanError(f"{where}: needs a dtype and a shape of non-negative integers")
+    if (not isinstance(offsets, list) or len(offsets) != 2
+            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)):
+        raise PlanError(f"{where}: needs data_offsets [begin, end]")
+    b, e = offsets
+    if not 0 <= b <= e or start + e > size:
+        raise PlanError(f"{where}: data_offsets [{b}, {e}] run past the end of the file (truncated download?)")
+    count = 1
+    for s in shape:
+        count *= s
+    if dtype in _ITEMSIZE and count * _ITEMSIZE[dtype] != e - b:
+        raise PlanError(f"{where}: shape {shape} of {dtype} is {count * _ITEMSIZE[dtype]} bytes, its data_offsets "
+                        f"span {e - b}")
+    return TensorInfo(str(name), path.name, dtype, tuple(shape), start + b, start + e)
 
 
 def shard_names(model_dir: Path) -> list[str]:
@@ -70,9 +102,13 @@ def shard_names(model_dir: Path) -> list[str]:
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
-        except (ValueError, KeyError, TypeError) as e:
-            raise PlanError(f"{index}: no readable weight_map ({e})") from e
-        names = sorted(set(weight_map.values()))
+            names = sorted(set(weight_map.values()))
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+            raise PlanError(f"{index}: no readable weight_map ({str(e).splitlines()[0][:200]})") from e
+        for n in names:  # a downloaded index names files: they must be plain shard names in this folder
+            if (not isinstance(n, str) or "/" in n or "\\" in n or n in ("", ".", "..") or "\0" in n
+                    or not n.endswith(".safetensors")):
+                raise PlanError(f"{index}: shard name {str(n)[:100]!r} is not a .safetensors file of this folder")
         missing = [n for n in names if not (model_dir / n).is_file()]
         if missing:
             raise PlanError(f"{index}: names shard(s) not in the folder: {', '.join(missing[:3])}")
@@ -97,12 +133,9 @@ def read_index(model_dir: str | Path) -> tuple[list[ShardInfo], dict[str, Tensor
         for name, meta in header.items():
             if name == "__metadata__":
                 continue
-            b, e = meta["data_offsets"]
             if name in tensors:
                 raise PlanError(f"{path}: tensor {name} also in {tensors[name].shard}")
-            if start + e > size:
-                raise PlanError(f"{path}: tensor {name} runs past the end of the file (truncated download?)")
-            tensors[name] = TensorInfo(name, sname, meta["dtype"], tuple(meta["shape"]), start + b, start + e)
+            tensors[name] = tensor_entry(path, name, meta, start, size)
     return shards, tensors
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,8 +89,9 @@ def read_per_task(path: Path, display: str, threshold: float = 1.0) -> dict[str,
                 raise ArtifactError(f"{display}:{line}: passed is '{r[use]}', expected true/false or 1/0")
         else:
             v = parse_float(raw)
-            if v is None:
-                raise ArtifactError(f"{display}:{line}: reward '{r[use]}' is not a number")
+            if v is None or not math.isfinite(v):  # a nan reward is not a fail: counting it as one moves p
+                raise ArtifactError(f"{display}:{line}: reward '{r[use]}' is not a finite number (fix or drop "
+                                    "the row: it would otherwise count as a fail)")
             ok = v >= threshold
         out[task] = ok
         lines[task] = line

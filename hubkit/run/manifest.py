@@ -120,6 +120,7 @@ class Manifest:
     exclude: list[str] = field(default_factory=list)
     allow_secrets: list[str] = field(default_factory=list)
     max_file_size_mb: float = 100.0
+    alpha: float = 0.05  # the significance level the card's statements are checked against
 
     def direction(self, name: str) -> DirectionSpec | None:
         return next((d for d in self.directions if d.name == name), None)
@@ -270,12 +271,48 @@ def _kind(v: Any) -> str:
     )
 
 
+MAX_MANIFEST_CHARS = 1 << 20
+
+
+def _refuse_aliases_and_duplicates(node: Any, where: str) -> None:
+    """YAML anchors/aliases are refused (a 400-byte file of nested aliases expands to gigabytes) and so are
+    duplicate keys (YAML keeps the last one silently: the first value the author wrote would vanish)."""
+    import yaml
+
+    seen: set[int] = set()
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if n is None:
+            continue
+        if id(n) in seen:  # the composer shares the node of an alias with its anchor
+            raise ManifestError(f"{where}:{n.start_mark.line + 1}: YAML aliases (*name) are not allowed in hubkit.yaml")
+        seen.add(id(n))
+        if getattr(n, "anchor", None):
+            raise ManifestError(f"{where}:{n.start_mark.line + 1}: YAML anchors (&{n.anchor}) are not allowed "
+                                "in hubkit.yaml; write the value out")
+        if isinstance(n, yaml.MappingNode):
+            keys: dict[str, int] = {}
+            for k, v in n.value:
+                key = str(k.value)
+                if key in keys:
+                    raise ManifestError(f"{where}:{k.start_mark.line + 1}: duplicate key '{key}' (first on line "
+                                        f"{keys[key]}); YAML would keep only the last")
+                keys[key] = k.start_mark.line + 1
+                stack += [k, v]
+        elif isinstance(n, yaml.SequenceNode):
+            stack += list(n.value)
+
+
 def parse_manifest(text: str, where: str = MANIFEST_NAME) -> Manifest:
     """Parse manifest text; every error is a :class:`ManifestError` naming ``where:line``."""
     import yaml
 
+    if len(text) > MAX_MANIFEST_CHARS:
+        raise ManifestError(f"{where}: {len(text)} characters; a manifest is a page, not a dataset")
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        _refuse_aliases_and_duplicates(node, where)  # before anything is constructed: no alias bomb expands
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
@@ -300,6 +337,10 @@ def parse_manifest(text: str, where: str = MANIFEST_NAME) -> Manifest:
             setattr(m, key, p.str_list(top[key], (key,)))
     if "max_file_size_mb" in top:
         m.max_file_size_mb = p.number(top["max_file_size_mb"], ("max_file_size_mb",))
+    if "alpha" in top:
+        m.alpha = p.number(top["alpha"], ("alpha",))
+        if not 0 < m.alpha < 1:
+            raise p.fail(("alpha",), f"alpha must be between 0 and 1, got {m.alpha:g}")
     if m.summary and m.summary_file:
         raise p.fail(("summary_file",), "give summary or summary_file, not both")
     if m.repo_id is not None and not is_repo_id(m.repo_id):

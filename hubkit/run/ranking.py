@@ -60,7 +60,7 @@ def read_ranking(path: Path, display: str) -> Ranking:
     out, seen = [], {}
     for line, r in rows:
         v = parse_float(r["layer"])
-        if v is None or v != int(v) or v < 0:
+        if v is None or not math.isfinite(v) or v != int(v) or v < 0:
             raise ArtifactError(f"{display}:{line}: layer '{r['layer']}' is not a non-negative integer")
         if int(v) in seen:
             raise ArtifactError(f"{display}:{line}: layer {int(v)} repeated (first on line {seen[int(v)]})")

@@ -19,6 +19,7 @@ checks them against scipy.stats over a grid of counts.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -405,3 +406,68 @@ def report_counts(arms: list[tuple[str, int, int]], baseline: str | None = None,
                   alternative: str = "greater") -> str:
     """Quick counts without a run: ``[("abl", 7, 89), ("base", 3, 89)]``."""
     return format_report([analyze_counts(arms, baseline, alternative)])
+
+
+# --------------------------------------------------------------------------- what the card may claim
+
+_CLAIM = re.compile(r"(?<![A-Za-z-])(?<!non-)(?<!in)significan(?:t|ce)(?:ly)?|\bp\s*(?:<|≤|<=)\s*(\d*\.?\d+(?:e-?\d+)?)",
+                    re.IGNORECASE)
+_NEGATED = re.compile(r"\b(?:not|no|n't|without|nor)\s+(?:\w+\s+){0,2}$", re.IGNORECASE)
+
+
+@dataclass
+class BestTest:
+    """The smallest p in the card, with what it is (for messages that name the test and its sidedness)."""
+
+    p: float
+    arm: str
+    evaluation: str
+    test: str
+    alternative: str
+
+    def __str__(self) -> str:
+        sided = "" if "sided" in self.test else f", {_sided(self.alternative)}"
+        return f"best p = {format_p(self.p)} ({self.test}{sided}, arm '{self.arm}' in '{self.evaluation}')"
+
+
+def _sided(alternative: str) -> str:
+    return "two-sided" if alternative == "two-sided" else "one-sided"
+
+
+def best_test(evaluations: list[EvaluationStats]) -> BestTest | None:
+    best = None
+    for ev in evaluations:
+        for a in ev.arms:
+            if a.p is not None and (best is None or a.p < best.p):
+                best = BestTest(a.p, a.id, ev.name, ev.test or "test", ev.alternative)
+    return best
+
+
+def significance_claims(text: str | None) -> list[tuple[str, float | None]]:
+    """``(the words, the threshold they state or None)`` for each claim of significance in ``text``; negated
+    ones ("not significant", "no significant") are not claims."""
+    out = []
+    for m in _CLAIM.finditer(text or ""):
+        if _NEGATED.search(text[: m.start()][-40:]):  # type: ignore[index]
+            continue
+        out.append((m.group(0), float(m.group(1)) if m.group(1) else None))
+    return out
+
+
+def check_claims(status: str, note: str | None, evaluations: list[EvaluationStats],
+                 alpha: float = 0.05) -> tuple[list[str], str | None]:
+    """(claims no test carries, a caution for the card). A note that says "significant" or "p < x" needs an
+    arm below that threshold; a ``positive`` status without any arm below ``alpha`` keeps the authors' word
+    but the card says what the numbers are."""
+    best = best_test(evaluations)
+    problems = []
+    for words, threshold in significance_claims(note):
+        limit = threshold if threshold is not None else alpha
+        if best is None or best.p >= limit:
+            problems.append(f"status_note claims '{words}' but no test in the card reaches p < {limit:g}"
+                            + (f" ({best})" if best else " (no arm is tested against a baseline)"))
+    caution = None
+    if status == "positive" and best is not None and best.p >= alpha:
+        caution = (f"No arm is significant at α = {alpha:g}: {best}. The status is the authors' reading of "
+                   "the run, not a statistical result.")
+    return problems, caution

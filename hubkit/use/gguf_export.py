@@ -126,7 +126,7 @@ def llama_cpp_usage(gguf_name: str, strength: float = 1.0, layers: list[int] | N
 
     ``layers`` are llama.cpp ``direction.N`` indices (block indices), used for the optional range flag.
     """
-    line = f"llama-cli -m BASE_MODEL.gguf --control-vector-scaled {gguf_name} {strength:g}"
+    line = f"llama-cli -m BASE_MODEL.gguf --control-vector-scaled {gguf_name}:{strength:g}"
     if layers:
         line += f" --control-vector-layer-range {min(layers)} {max(layers)}"
     return line

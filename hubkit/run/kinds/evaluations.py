@@ -33,6 +33,15 @@ class Evaluations(ArtifactKind):
                 if ev is not None:
                     ctx.run.evaluations.append(ev)
 
+    def cross_check(self, ctx: LoadContext) -> None:
+        """The status note claims no more than the tests carry ("significant", "p < 0.05")."""
+        from hubkit.run.stats import analyze_evaluation, check_claims
+
+        m = ctx.run.manifest
+        problems, _ = check_claims(m.status, m.status_note, [analyze_evaluation(e) for e in ctx.run.evaluations],
+                                   m.alpha)
+        ctx.problems += [f"{ctx.where}: {p}" for p in problems]
+
     def describe(self, run: Run) -> dict[str, str]:
         per_task: dict[str, list[str]] = {}
         for ev in run.evaluations:
