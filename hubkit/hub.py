@@ -368,6 +368,18 @@ class Hub:
         self.call(f"creating {repo_id}", repo_id, self.api.create_repo, repo_id, private=private,
                   repo_type=repo_type, exist_ok=True)
 
+    def create_for_first_publish(self, repo_id: str, *, private: bool, repo_type: str = "model") -> str | None:
+        """Create the repo a publish found absent and return the head to commit on, refusing when the repo is
+        not fresh any more: another publish created it and committed between our look and now. (Two first
+        publishes otherwise both commit, the second overwriting the first under the same version.)"""
+        self.ensure_repo(repo_id, private=private, repo_type=repo_type)
+        state = self.read_state(repo_id, repo_type=repo_type)
+        if state.meta is not None or any(p != ".gitattributes" for p in state.files):
+            raise HubError(f"the repo changed since hubkit looked: {repo_id} did not exist then and now holds "
+                           f"{len(state.files)} file(s) (another publish got there first); nothing was "
+                           "committed: re-run to publish on top of it")
+        return state.head
+
     def ensure_branch(self, repo_id: str, branch: str, *, start: str | None, repo_type: str = "model") -> None:
         self.call(f"creating branch {branch} in {repo_id}", repo_id, self.api.create_branch, repo_id,
                   branch=branch, revision=start, repo_type=repo_type, exist_ok=True)

@@ -514,3 +514,27 @@ def test_push_model_folder_refuses_a_secret(hub, repo_id, tmp_path):
     with pytest.raises(SecretFound, match="config.json:1"):
         push_model_folder(folder, repo_id, progress=False)
     assert not hub.repo_exists(repo_id)
+
+
+def test_two_first_publishes_to_a_new_repo_the_second_fails_and_a_rerun_completes(hub, repo_id, run):
+    """The repo appears between our look and our commit: refused, not overwritten; tag and card agree after."""
+    theirs = b'{"version": "v1", "history": [{"version": "v1"}], "files": [], "owned": []}\n'
+
+    def another_first_publish() -> None:
+        hub._create_repo("model", repo_id, False)
+        hub.server_commit(repo_id, add={"THEIRS.md": b"the other first publish\n", "hubkit.json": theirs})
+
+    hub.before_next(another_first_publish, match="/api/repos/create", method="POST")
+    with pytest.raises(HubError, match=r"the repo changed since hubkit looked: .* did not exist then.*re-run"):
+        pub(run, repo_id)
+    assert hub.read_file(repo_id, "THEIRS.md") == b"the other first publish\n"
+    assert "README.md" not in hub.list_files(repo_id)  # nothing of ours was committed
+    again = pub(run, repo_id)  # the re-run builds on what is there: the next version, its tag and card agree
+    assert again.version == "v2" and "v2" in _tags(hub, repo_id)
+    assert meta(hub, repo_id)["version"] == "v2" and "THEIRS.md" in hub.list_files(repo_id)
+
+
+def test_a_publish_killed_after_creating_the_repo_is_completed_by_a_rerun(hub, repo_id, run):
+    hub._create_repo("model", repo_id, False)  # what a publish killed right after create_repo leaves
+    r = pub(run, repo_id)
+    assert r.version == "v1" and meta(hub, repo_id)["version"] == "v1" and "v1" in _tags(hub, repo_id)

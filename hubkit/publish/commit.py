@@ -201,8 +201,7 @@ def publish(
     with _progress_bars(progress):
         parent = state.head
         if not state.exists:
-            hub.ensure_repo(repo_id, private=private)
-            parent = hub.head_of(repo_id, "main")
+            parent = hub.create_for_first_publish(repo_id, private=private)
         if not state.branch_exists and branch != "main":
             hub.ensure_branch(repo_id, branch, start=parent)
         if dplan is not None:

@@ -154,7 +154,7 @@ def execute_dataset(hub: Hub, plan: DatasetPlan, version: str | None, *, create_
     if plan.view.nothing_changed:
         return state.head
     if not state.exists:
-        hub.ensure_repo(plan.repo_id, private=plan.private, repo_type=REPO_TYPE)
+        hub.create_for_first_publish(plan.repo_id, private=plan.private, repo_type=REPO_TYPE)
         state = plan.state = hub.read_state(plan.repo_id, repo_type=REPO_TYPE)
     ops: list[Any] = []
     for f in plan.view.adds + plan.view.changes:

@@ -121,8 +121,7 @@ def push_model_folder(
     with _progress_bars(progress):
         parent = state.head
         if not state.exists:
-            hub.ensure_repo(repo_id, private=private)
-            parent = hub.head_of(repo_id, "main")
+            parent = hub.create_for_first_publish(repo_id, private=private)
         commit, _ = hub.commit(repo_id, _operations(package, plan), message=message or f"hubkit regenerate {version}",
                                description=f"{version}: {summary}", parent=parent, branch="main", create_pr=False,
                                marker_sha256=sha256_bytes(blob))
