@@ -102,7 +102,7 @@ def main() -> int:
         # the package's file list (hashes) is an input of the card, built once outside the timings
         pkg = build_package(run, hash_cache=HashCache(Path(tmp) / "cache.json"))
         files = [f for f in pkg.files if f.path not in ("README.md", "hubkit.json")]
-        meta = {k: v for k, v in pkg.meta.items() if k not in ("files", "owned")}
+        meta = pkg.meta
 
     # first-render numbers need a process where nothing has rendered yet (build_package above did): a child
     import subprocess
@@ -122,8 +122,9 @@ def _cold_child() -> int:
 
         run = load_run(run_dir)
         files = _files_without_rendering(run, HashCache(Path(tmp) / "cache.json"), canonical_path)
-        meta = {"hubkit_version": "bench", "version": None, "repo_id": "bench/bench-run", "run": {},
-                "directions": [], "regenerate": None, "dataset_repo": None, "history": []}
+        from hubkit.formats.hubjson import HubJson
+
+        meta = HubJson(hubkit_version="bench", repo_id="bench/bench-run", run={})
         t_imp = time.perf_counter()
         import huggingface_hub.repocard_data  # noqa: F401
         import jinja2  # noqa: F401

@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from hubkit.cards import model_card as card
+from hubkit.cards import render
 from hubkit.cli import main
 from hubkit.errors import HubkitError
 from hubkit.formats.hashing import HashCache
@@ -278,12 +279,12 @@ def test_syntax_error_names_template_file_and_line(tmp_path: Path, cache: HashCa
 
 def test_missing_template_dir_is_an_error(tmp_path: Path):
     with pytest.raises(HubkitError, match="template directory not found"):
-        card._environment(tmp_path / "nope")
+        render._environment(tmp_path / "nope")
 
 
 def test_builtin_templates_never_compute():
     """Templates format: no arithmetic on numbers, no calls into Python beyond filters."""
-    for path in card.template_root().rglob("*.j2"):
+    for path in render.template_root().rglob("*.j2"):
         src = path.read_text()
         for tag in re.findall(r"{[{%](.*?)[}%]}", src, flags=re.S):
             assert not re.search(r"\d\s*[-+*/]\s*[\w(]|[\w)]\s*[-+*/]\s*\d", tag), \

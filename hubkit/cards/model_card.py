@@ -12,30 +12,23 @@ every number with its test named, and describes every file. The split is strict:
 
 from __future__ import annotations
 
-import functools
-import io
 import math
 import re
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from hubkit import __version__
-from hubkit.errors import HubkitError
+from hubkit.cards.plots import ranking_plot
+from hubkit.cards.render import FENCE, render
 from hubkit.formats.hubjson import HistoryEntry
-from hubkit.formatting import human_size, layer_span
 from hubkit.run.stats import (
     EvaluationStats,
     analyze_evaluation,
     check_claims,
-    format_ci,
-    format_p,
-    format_pct,
 )
 
 if TYPE_CHECKING:
-    import jinja2
     from huggingface_hub import ModelCardData
 
     from hubkit.formats.hubjson import FileRecord, HubJson, RegenerateRecord
@@ -257,18 +250,6 @@ class CardData:
     citation: Citation | None = None
 
 
-# --------------------------------------------------------------------------- templates
-
-
-def template_root() -> Path:
-    """The built-in templates: ``hubkit/templates`` in a wheel, top-level ``templates/`` in a checkout."""
-    here = Path(__file__).parent
-    for cand in (here.parent / "templates", here.parent.parent / "templates"):
-        if cand.is_dir():
-            return cand
-    raise FileNotFoundError("hubkit templates not found")
-
-
 # --------------------------------------------------------------------------- assets (the ranking plots)
 
 
@@ -299,50 +280,6 @@ def build_assets(run: Run) -> dict[str, bytes]:
         return {}
     views = {v.file: v for v in _rankings(run, plot_paths(run))}
     return {path: ranking_plot(views[file]) for file, path in plot_paths(run).items()}
-
-
-def ranking_plot(view: RankingView) -> bytes:
-    """Each metric against layer, one panel per metric (they have different scales), with the selected
-    and the best layer marked. Byte-identical across calls: Agg canvas, default style, fixed size and
-    dpi, and no Software/date metadata."""
-    import matplotlib.style
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    columns = view.columns or []
-    layers = [r.layer for r in view.rows]
-    n = max(1, len(columns))
-    height = 1.2 + 1.5 * n
-    with matplotlib.style.context("default"):
-        fig = Figure(figsize=(7.0, height), dpi=100)
-        FigureCanvasAgg(fig)
-        axes = fig.subplots(n, 1, sharex=True, squeeze=False)[:, 0]
-        for i, ax in enumerate(axes):
-            if not columns:
-                break
-            ys = [r.values[i] if r.values[i] is not None else math.nan for r in view.rows]
-            ax.plot(layers, ys, marker="o", markersize=3, linewidth=1.2, color="#1f77b4")
-            ax.set_ylabel(columns[i])
-            ax.grid(True, linewidth=0.4, alpha=0.5)
-            if view.selected_layer is not None:
-                ax.axvline(view.selected_layer, color="#d62728", linestyle="--", linewidth=1,
-                           label=f"selected: {view.selected_layer}")
-            row = view.best_row
-            if row is not None and row.layer != view.selected_layer:
-                ax.axvline(row.layer, color="#2ca02c", linestyle=":", linewidth=1.2)
-            if row is not None and view.best_by and columns[i] == view.best_by[0] and row.values[i] is not None:
-                ax.plot([row.layer], [row.values[i]], marker="*", markersize=12, color="#2ca02c",
-                        linestyle="none", label=f"best by {', then '.join(view.best_by)}: {row.layer}")
-            if i == 0:
-                ax.legend(loc="best", fontsize=8, frameon=False)
-        axes[-1].set_xlabel(f"layer ({view.convention} convention)")
-        title = f"{view.direction}: " if view.direction else ""
-        fig.suptitle(f"{title}ranking metrics by layer ({PurePosixPath(view.file).name})", fontsize=10)
-        # fixed margins (in inches) instead of tight_layout, which costs a whole extra draw
-        fig.subplots_adjust(left=0.12, right=0.97, top=1 - 0.55 / height, bottom=0.6 / height, hspace=0.15)
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
-    return buf.getvalue()
 
 
 # --------------------------------------------------------------------------- one call for `hubkit card`
@@ -635,7 +572,6 @@ def _example(prompt: str) -> str:
 
 
 _HEADING = re.compile(r"^(#{1,6})(\s+.*)$")
-_FENCE = re.compile(r"^\s*(```|~~~)")
 
 
 def _embed(text: str, top: int = 3) -> str:
@@ -650,14 +586,14 @@ def _embed(text: str, top: int = 3) -> str:
             lines.pop(0)
     levels, fenced = [], False
     for ln in lines:
-        if _FENCE.match(ln):
+        if FENCE.match(ln):
             fenced = not fenced
         elif not fenced and (h := _HEADING.match(ln)):
             levels.append(len(h.group(1)))
     shift = top - min(levels) if levels else 0
     out, fenced = [], False
     for ln in lines:
-        if _FENCE.match(ln):
+        if FENCE.match(ln):
             fenced = not fenced
         elif not fenced and shift and (h := _HEADING.match(ln)):
             ln = "#" * min(6, len(h.group(1)) + shift) + h.group(2)
@@ -665,104 +601,6 @@ def _embed(text: str, top: int = 3) -> str:
     return "\n".join(out).rstrip()
 
 
-# --------------------------------------------------------------------------- rendering
-
-
-def _layer(layer: int | None, convention: str) -> str:
-    return "—" if layer is None else f"{layer} ({convention})"
-
-
-def _num(v: float | None, digits: int = 3) -> str:
-    return "—" if v is None else f"{v:.{digits}f}"
-
-
-def _cell(v: Any) -> str:
-    """Safe inside a markdown table cell: no pipe or newline breaks the row."""
-    return " ".join(str(v).split()).replace("|", "\\|")
-
-
-def _quote(text: str) -> str:
-    return "\n".join(("> " + ln).rstrip() for ln in text.splitlines())
-
-
-def _sentence(text: str) -> str:
-    """Upper-case the first letter only (jinja's capitalize lower-cases the rest: "Exact mcnemar")."""
-    return text[:1].upper() + text[1:]
-
-
-def _bib(text: str) -> str:
-    return "{" + re.sub(r"([&%#_$])", r"\\\1", str(text)) + "}"
-
-
-FILTERS = {"pct": format_pct, "p": format_p, "ci": format_ci, "size": human_size, "layer": _layer, "span": layer_span,
-           "num": _num, "cell": _cell, "quote": _quote, "bib": _bib, "sentence": _sentence}
-
-
-def _environment(template_dir: str | Path | None) -> jinja2.Environment:
-    if template_dir is not None and not Path(template_dir).is_dir():
-        raise HubkitError(f"{template_dir}: template directory not found")
-    return _cached_environment(str(Path(template_dir).resolve()) if template_dir is not None else None)
-
-
-@functools.lru_cache(maxsize=8)
-def _cached_environment(template_dir: str | None) -> jinja2.Environment:
-    """One environment per template folder: jinja2 then compiles each template once per process (and
-    still reloads a template whose file changed)."""
-    import jinja2
-
-    loaders = []
-    if template_dir is not None:
-        loaders.append(jinja2.FileSystemLoader(template_dir))
-    loaders.append(jinja2.FileSystemLoader(str(template_root())))
-    env = jinja2.Environment(loader=jinja2.ChoiceLoader(loaders), undefined=jinja2.StrictUndefined,
-                             autoescape=False, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
-    env.filters.update(FILTERS)
-    return env
-
-
 def render_card(data: CardData, template_dir: str | Path | None = None) -> str:
-    """Render ``card.md.j2``; a template problem becomes a HubkitError naming ``template file:line``."""
-    import jinja2
-
-    env = _environment(template_dir)
-    try:
-        text = env.get_template(MAIN_TEMPLATE).render(card=data)
-    except jinja2.TemplateSyntaxError as e:
-        where = e.filename or e.name or MAIN_TEMPLATE
-        raise HubkitError(f"{where}:{e.lineno}: template syntax error: {e.message}") from e
-    except jinja2.TemplateNotFound as e:
-        raise HubkitError(f"template '{e.name}' not found (looked in {_searched(template_dir)})") from e
-    except jinja2.TemplateError as e:
-        raise HubkitError(f"{_template_frame(e)}: {e.message or e}") from e
-    except Exception as e:  # a filter or attribute raising inside a template
-        loc = _template_frame(e)
-        if loc == MAIN_TEMPLATE:
-            raise
-        raise HubkitError(f"{loc}: {type(e).__name__}: {e}") from e
-    return _tidy(text)
-
-
-def _searched(template_dir: str | Path | None) -> str:
-    return ", ".join(str(p) for p in ([Path(template_dir)] if template_dir else []) + [template_root()])
-
-
-def _template_frame(e: BaseException) -> str:
-    """``file:line`` of the innermost template frame (jinja2 rewrites tracebacks to point at templates)."""
-    frames = [f for f in traceback.extract_tb(e.__traceback__) if f.filename.endswith(".j2")]
-    if not frames:
-        return MAIN_TEMPLATE
-    return f"{frames[-1].filename}:{frames[-1].lineno}"
-
-
-def _tidy(text: str) -> str:
-    """At most one blank line between blocks (outside code fences) and one newline at the end, so
-    optional sections leave no gaps whatever the partials' whitespace."""
-    out: list[str] = []
-    fenced = False
-    for ln in text.splitlines():
-        if _FENCE.match(ln):
-            fenced = not fenced
-        if not fenced and not ln.strip() and (not out or not out[-1].strip()):
-            continue
-        out.append(ln)
-    return "\n".join(out).strip("\n") + "\n"
+    """The model card's text: ``card.md.j2`` (and its section partials) with ``data``."""
+    return render(MAIN_TEMPLATE, data, template_dir)
