@@ -18,6 +18,7 @@ from hubkit.formats.hashing import HashCache
 from hubkit.formats.hubjson import CARD, HUBKIT_JSON, HistoryEntry
 from hubkit.publish.repo_tree import build_package
 from hubkit.run.run import load_run
+from tests.helpers import copy_example
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ["persona-vector", "capability-vector-v1", "refusal-abliteration"]
@@ -378,3 +379,28 @@ def test_published_weights_and_dataset_repo(tmp_path: Path, cache: HashCache):
     assert "at revision `0123abc`" in text and 'revision="0123abc"' in text
     assert "[me/abl-data](https://huggingface.co/datasets/me/abl-data), dataset" in text
     assert "| `model_out/model.safetensors` | 2.0 KB |" in text
+
+
+HERETIC = ("regenerate:\n  direction: refusal\n  layer: 17.4\n  targets: [attn_out, mlp_down]\n  norm: preserve\n"
+           "  weight:\n    attn_out: {max_weight: 1.2, max_weight_position: 20.5, min_weight: 0.4, "
+           "min_weight_distance: 9}\n    mlp_down: 0.8\n")
+
+
+def test_recipe_rebuild_section_matches_golden(tmp_path: Path, cache: HashCache, update_goldens: bool):
+    """A heretic-style recipe in words and numbers, its weight-per-block figure, and why no hook reproduces it."""
+    run = copy_example("refusal-abliteration", tmp_path)
+    text = (run / "hubkit.yaml").read_text()
+    text = text.replace("regenerate: {direction: refusal, layer: 22, targets: [embed_tokens, attn_out, mlp_down]}\n",
+                        HERETIC)
+    (run / "hubkit.yaml").write_text(text)
+    card_text, data = _render(run, cache)
+    section = card_text[card_text.index("## Rebuilding the weights"):]
+    section = section[:section.index("\n## ", 5)]
+    golden = GOLDEN / "recipe-rebuild-section.md"
+    if update_goldens:
+        golden.write_text(section, encoding="utf-8")
+        return
+    assert section == golden.read_text(encoding="utf-8")
+    assert data.rebuild.weight_plot == "assets/recipe_weights.png" and not data.rebuild.hook_equivalent
+    png = build_package(load_run(run), hash_cache=cache).file("assets/recipe_weights.png")
+    assert png is not None and png.data.startswith(b"\x89PNG")

@@ -19,9 +19,10 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from hubkit import __version__
-from hubkit.cards.plots import ranking_plot
+from hubkit.cards.plots import ranking_plot, weight_plot
 from hubkit.cards.render import FENCE, render
 from hubkit.formats.hubjson import HistoryEntry
+from hubkit.formats.recipe import describe_spec, weights_by_block
 from hubkit.run.stats import (
     EvaluationStats,
     analyze_evaluation,
@@ -186,7 +187,7 @@ class QuickUse:
 class Rebuild:
     repo_id: str
     direction: str
-    layer: int
+    layer: Any  # an int; a float index or "each" for the heretic-style recipes
     convention: str
     targets: list[str]
     target_text: list[str]
@@ -196,6 +197,10 @@ class Rebuild:
     weights_path: str | None
     weights_size: int | None
     weights_published: bool
+    seed: bool = True  # one layer, weight 1, no norm: the card says it in one sentence
+    recipe_lines: list[str] = field(default_factory=list)
+    hook_equivalent: bool = True
+    weight_plot: str | None = None
 
 
 @dataclass
@@ -274,12 +279,20 @@ def _ranking_owners(run: Run) -> dict[str, str]:
     return owners
 
 
+RECIPE_PLOT = "assets/recipe_weights.png"
+
+
 def build_assets(run: Run) -> dict[str, bytes]:
-    """The repo files the card embeds: one PNG of the metrics by layer per ranking."""
-    if not run.rankings:
-        return {}
-    views = {v.file: v for v in _rankings(run, plot_paths(run))}
-    return {path: ranking_plot(views[file]) for file, path in plot_paths(run).items()}
+    """The repo files the card embeds: one PNG of the metrics by layer per ranking, and the recipe's weight
+    per block when it is not 1 everywhere."""
+    out = {}
+    if run.rankings:
+        views = {v.file: v for v in _rankings(run, plot_paths(run))}
+        out = {path: ranking_plot(views[file]) for file, path in plot_paths(run).items()}
+    r = run.manifest.regenerate
+    if r is not None and r.weight:
+        out[RECIPE_PLOT] = weight_plot(weights_by_block(r), f"regenerate: weight per block ({r.recipe})")
+    return out
 
 
 # --------------------------------------------------------------------------- one call for `hubkit card`
@@ -518,7 +531,7 @@ def _rebuild(run: Run, repo_id: str | None, entry: RegenerateRecord | None) -> R
     return Rebuild(
         repo_id=repo_id or "OWNER/NAME",
         direction=entry.direction,
-        layer=int(entry.layer),
+        layer=entry.layer,
         convention=entry.layer_convention or "block",
         targets=list(entry.targets),
         target_text=[TARGET_TEXT.get(t, f"`{t}`") for t in entry.targets],
@@ -528,6 +541,10 @@ def _rebuild(run: Run, repo_id: str | None, entry: RegenerateRecord | None) -> R
         weights_path=m.weights.path.rstrip("/") + "/" if m.weights else None,
         weights_size=sum(wsizes) if wsizes else None,
         weights_published=bool(m.weights and m.weights.publish),
+        seed=entry.spec.is_seed,
+        recipe_lines=describe_spec(entry.spec, entry.layer_convention or "block"),
+        hook_equivalent=entry.spec.norm == "none",
+        weight_plot=RECIPE_PLOT if entry.spec.weight else None,
     )
 
 

@@ -57,3 +57,27 @@ def ranking_plot(view: RankingView) -> bytes:
     return buf.getvalue()
 
 
+
+
+def weight_plot(weights: dict[str, list[float]], title: str) -> bytes:
+    """The recipe's weight at each decoder block, one line per target (heretic's kernels, block maps)."""
+    import matplotlib.style
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    with matplotlib.style.context("default"):
+        fig = Figure(figsize=(6.0, 2.6), dpi=100)
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot(1, 1, 1)
+        for (target, ws), marker in zip(weights.items(), ("o", "s", "^", "v"), strict=False):
+            ax.plot(range(len(ws)), ws, marker=marker, markersize=3, linewidth=1.2, label=target)
+        ax.set_xlabel("decoder block (0-based)")
+        ax.set_ylabel("weight")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, frameon=False)
+        fig.suptitle(title, fontsize=10)
+        fig.subplots_adjust(left=0.1, right=0.97, top=0.85, bottom=0.2)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    return buf.getvalue()

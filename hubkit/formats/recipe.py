@@ -217,3 +217,48 @@ def _check_combinations(spec: RecipeSpec, fail: Fail) -> None:
     if spec.layer == "each" and "embed_tokens" in spec.targets:
         raise fail(("layer",), "regenerate.layer: 'each' gives every block its own direction; the embedding "
                                "has no block (drop embed_tokens, or give one layer)")
+
+
+def describe_spec(s: RecipeSpec, convention: str) -> list[str]:
+    """The parameters in words and numbers, one line each (both cards show them)."""
+    if s.layer == "each":
+        layer = "each block uses its own layer's vector (the direction at block i's output)"
+    elif isinstance(s.layer, float) and not s.layer.is_integer():
+        layer = (f"the vector at index {s.layer:g} ({convention} convention), interpolated between the two "
+                 "neighbouring layers' unit vectors and renormalized (heretic's direction_index)")
+    else:
+        layer = f"the vector at layer {s.layer:g} ({convention} convention) for every block"
+    lines = [f"direction `{s.direction}`: {layer}"]
+    if s.project_out:
+        lines.append(f"projected: `{s.project_out}` removed from the direction per layer first "
+                     "(r ← normalize(r − (r·ĝ) ĝ))")
+    for t in s.targets:
+        spec = s.weight.get(t)
+        if spec is None:
+            lines.append(f"{t}: weight 1 at every block")
+        elif isinstance(spec, Kernel):
+            lines.append(f"{t}: kernel, {spec.max_weight:g} at block {spec.max_weight_position:g} falling linearly "
+                         f"to {spec.min_weight:g} at distance {spec.min_weight_distance:g}, 0 beyond")
+        elif isinstance(spec, dict):
+            lines.append(f"{t}: blocks " + ", ".join(f"{b}: {w:g}" for b, w in sorted(spec.items()))
+                         + "; others untouched")
+        else:
+            lines.append(f"{t}: weight {spec:g} at every block")
+    lines.append({"none": "norm: none (W − w r rᵀW)",
+                  "pre": "norm: pre (W − w (n⊙r)(rᵀŴ), n the rows' norms)",
+                  "preserve": "norm: preserve (each row of Ŵ − w r rᵀŴ rescaled to its original norm)"}[s.norm])
+    return lines
+
+
+def weights_by_block(s: RecipeSpec, n_blocks: int | None = None) -> dict[str, list[float]]:
+    """target → the weight at each block 0…n−1 (the weight-per-block figure); without ``n_blocks``, up to the
+    last block a kernel or map reaches. The embedding and lm_head are not blocks."""
+    if n_blocks is None:
+        last = 0
+        for spec in s.weight.values():
+            if isinstance(spec, Kernel):
+                last = max(last, math.ceil(spec.max_weight_position + spec.min_weight_distance) + 1)
+            elif isinstance(spec, dict) and spec:
+                last = max(last, max(spec) + 2)
+        n_blocks = max(last, 1)
+    return {t: [s.weight_at(t, b) for b in range(n_blocks)] for t in s.targets if t in ("attn_out", "mlp_down")}

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from hubkit.errors import PlanError, ProvenanceError
-from hubkit.formats.recipe import RecipeSpec, weight_at
+from hubkit.formats.recipe import RecipeSpec, describe_spec
 
 _REGISTRY: dict[str, type[Recipe]] = {}
 
@@ -172,38 +172,7 @@ class Recipe:
 
     def describe(self) -> list[str]:
         """The recipe in words and numbers, one line each (the cards' rebuild sections)."""
-        from hubkit.formats.recipe import Kernel
-
-        s = self.spec
-        layer = ("each block its own layer's vector (block i's output)" if s.layer == "each"
-                 else f"the vector at {s.layer} ({self.convention} convention)"
-                 + (", interpolated between the two neighbouring layers' unit vectors and renormalized"
-                    if isinstance(s.layer, float) and not float(s.layer).is_integer() else ""))
-        lines = [f"recipe `{self.name}`: {self.summary}", f"direction `{s.direction}`: {layer}"]
-        if s.project_out:
-            lines.append(f"projected: `{s.project_out}` removed from the direction per layer first "
-                         "(r ← normalize(r − (r·ĝ) ĝ))")
-        for t in s.targets:
-            spec = s.weight.get(t)
-            if spec is None:
-                lines.append(f"{t}: weight 1 at every block")
-            elif isinstance(spec, Kernel):
-                lines.append(f"{t}: kernel, {spec.max_weight:g} at block {spec.max_weight_position:g} falling to "
-                             f"{spec.min_weight:g} at distance {spec.min_weight_distance:g}, 0 beyond")
-            elif isinstance(spec, dict):
-                lines.append(f"{t}: blocks " + ", ".join(f"{b}: {w:g}" for b, w in sorted(spec.items()))
-                             + "; others untouched")
-            else:
-                lines.append(f"{t}: weight {spec:g} at every block")
-        lines.append({"none": "norm: none (W − w r rᵀW)",
-                      "pre": "norm: pre (W − w (n⊙r)(rᵀŴ), n the rows' norms)",
-                      "preserve": "norm: preserve (each row of Ŵ − w r rᵀŴ rescaled to its original norm)"}[s.norm])
-        return lines
-
-    def weights_by_block(self, n_blocks: int) -> dict[str, list[float]]:
-        """target → the weight at each block (the card's plot); embedding and lm_head are not blocks."""
-        return {t: [weight_at(self.spec.weight[t], b) if t in self.spec.weight else 1.0 for b in range(n_blocks)]
-                for t in self.spec.targets if t in ("attn_out", "mlp_down")}
+        return [f"recipe `{self.name}`: {self.summary}", *describe_spec(self.spec, self.convention)]
 
 
 def _parse_key(key: str) -> list[tuple[int, float]]:
