@@ -263,3 +263,51 @@ def test_registry_names_and_hook_equivalence() -> None:
 def _vec_np(idx: list[int]) -> dict[int, object]:
     d = _dirs(3, N_BLOCKS)
     return {i: d[i].double().numpy() for i in idx}
+
+
+def _logits(model, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=ids).logits.double()
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3_5_bf16", "qwen3_moe"])
+@pytest.mark.parametrize("regen", [
+    {"layer": 1.4, "targets": ["embed_tokens", "attn_out", "mlp_down"],
+     "weight": {"embed_tokens": 0.5, "attn_out": {"max_weight": 1.2, "max_weight_position": 1.5, "min_weight": 0.4,
+                                                  "min_weight_distance": 2}, "mlp_down": 0.8}},
+    {"layer": "each", "targets": ["attn_out", "mlp_down"], "project_out": "harmless",
+     "weight": {"attn_out": {"0": 0.5, "2": 1.0}, "mlp_down": 0.7}},
+])
+def test_ablate_with_a_recipe_equals_the_regenerated_weights(family: str, regen: dict, bases: dict[str, Path],
+                                                              tmp_path: Path) -> None:
+    from hubkit.use.steering import ablate
+    from tests.test_abliterate import _load
+
+    staged = stage(tmp_path / "s", regen)
+    if family == "llama":
+        regen = {**regen, "targets": [*regen["targets"], "lm_head"]}  # untied: the lm_head input hook too
+        if "embed_tokens" in regen["targets"]:
+            regen["weight"] = {**regen["weight"], "lm_head": 0.9}
+        staged = stage(tmp_path / "s2", regen)
+    rg.regenerate(staged, base_model=bases[family], out=tmp_path / "o", progress=False)
+    base, edited = _load(bases[family]).float(), _load(tmp_path / "o").float()
+    ids = torch.randint(0, tm.VOCAB, (2, 9), generator=torch.Generator().manual_seed(0))
+    with ablate(base, staged):
+        hooked = _logits(base, ids)
+    want, plain = _logits(edited, ids), _logits(base, ids)
+    change = float((plain - want).abs().max())
+    assert change > 1e-3  # the recipe changes the model
+    # float32 math either way; bf16 storage rounds the rebuilt weights, which the hooks don't
+    tol = 0.05 * change if family.endswith("bf16") else 1e-4
+    assert float((hooked - want).abs().max()) <= tol, (float((hooked - want).abs().max()), change)
+    assert torch.equal(_logits(base, ids), plain)  # the hooks are gone
+
+
+def test_ablate_refuses_row_norm_recipes(bases: dict[str, Path], tmp_path: Path) -> None:
+    from hubkit.use.steering import ablate
+    from tests.test_abliterate import _load
+
+    staged = stage(tmp_path / "s", {"layer": 1, "targets": ["attn_out"], "norm": "preserve"})
+    with pytest.raises(PlanError, match="no hook reproduces it; use `hubkit export lora`"):
+        with ablate(_load(bases["llama"]), staged):
+            pass

@@ -17,9 +17,11 @@ whose 0 is the embeddings, which no block outputs, so it cannot be steered.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hubkit.errors import DirectionError, PlanError
@@ -263,6 +265,12 @@ def ablate(
 ) -> Iterator[None]:
     """Project ``r`` out of the residual stream everywhere, without touching the weights.
 
+    ``direction`` may also be a published run (a Hub repo id, a staged or pulled folder, or a run folder):
+    then its regenerate recipe is applied at inference time (``layer_convention`` is then the Hub revision),
+    each writer's output losing ``w (y·r) r`` with its block's direction and weight, which gives the
+    regenerated model's logits for the ``orthogonalize`` recipe. Row-norm recipes (``pre``, ``preserve``)
+    depend on W row by row and are refused: use ``hubkit export lora`` or ``hubkit regenerate``.
+
     Hooks: every block's input (which covers the embeddings), the output of every residual writer
     inside each block (attention / linear attention / MLP / MoE), every block's output, and the lm_head's
     input when it is tied to the embedding (orthogonalizing a tied embedding edits the lm_head too). That
@@ -270,6 +278,10 @@ def ablate(
     normalized first. ``layer`` only picks which vector of a multi-layer :class:`DirectionSet` to use
     (default: its selected layer); the projection applies at all layers whatever the convention.
     """
+    if isinstance(direction, (str, os.PathLike)):  # a published run: its recipe, block by block
+        with _ablate_recipe(model, direction, revision=layer_convention):
+            yield
+        return
     vec, _, _ = _resolve(direction, layer, layer_convention, need_layer=False)
     _check_d(model, vec)
     blocks = find_decoder_layers(model)
@@ -318,6 +330,79 @@ def ablate(
             "projecting only block inputs and outputs (not equivalent to orthogonalized weights)",
             stacklevel=3,
         )
+    with _hooks(installers):
+        yield
+
+
+@contextmanager
+def _ablate_recipe(model: nn.Module, source: str | os.PathLike, *, revision: str | None = None) -> Iterator[None]:
+    import torch
+
+    from hubkit.weights.kernels import unit_vector
+    from hubkit.weights.regenerate import load_recipe
+
+    published = load_recipe(Path(source) if Path(source).exists() else str(source), revision=revision)
+    recipe = published.recipe
+    if not recipe.has_hook_equivalent:
+        raise PlanError(f"{published.source}: recipe {recipe.name} (norm {recipe.spec.norm}) depends on each weight "
+                        "row's norm, so no hook reproduces it; use `hubkit export lora` or `hubkit regenerate`")
+    blocks = find_decoder_layers(model)
+    n = len(blocks)
+    d = hidden_size(model)
+    if d is not None and d != published.d:
+        raise DirectionError(f"{published.direction_file}: d={published.d}, the model's hidden size is {d}")
+    keys = {b: recipe.source_for_block(b)[0] for b in range(n)}
+    vectors = {k: torch.from_numpy(unit_vector(v)) for k, v in recipe.vectors(sorted(set(keys.values()))).items()}
+    spec = published.spec
+
+    def remove(u: torch.Tensor, w: float) -> Callable[[torch.Tensor], torch.Tensor]:
+        cast = _Cast(u)
+
+        def f(h: torch.Tensor) -> torch.Tensor:
+            work = torch.float64 if h.dtype == torch.float64 else torch.float32
+            hw, uw = h.to(work), cast.like(h, work)
+            return (hw - w * (hw @ uw).unsqueeze(-1) * uw).to(h.dtype)
+
+        return f
+
+    def post(fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+        def hook(module: nn.Module, args: Any, output: Any) -> Any:
+            h = _first(output)
+            return None if h is None else _replace_first(output, fn(h))
+        return hook
+
+    def pre(fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> Any:
+            if args and _first(args) is not None:
+                return (_replace_first(args, fn(args[0])), kwargs)
+            return None
+        return hook
+
+    edits: list[tuple[nn.Module, bool, Callable[[torch.Tensor], torch.Tensor]]] = []  # (module, on input?, fn)
+    for b, block in enumerate(blocks):
+        u = vectors[keys[b]]
+        for child_name, child in block.named_children():
+            if child not in _residual_writers(block):
+                continue
+            mlp = any(s in child_name.lower() for s in ("mlp", "moe", "ffn", "feed_forward"))
+            target = "mlp_down" if mlp else "attn_out"
+            w = spec.weight_at(target, b) if target in spec.targets else 0.0
+            if w != 0.0:
+                edits.append((child, False, remove(u, w)))
+    tied = _tied_output_embeddings(model)
+    if "embed_tokens" in spec.targets:
+        f = remove(vectors[keys[0]], spec.weight_at("embed_tokens", 0))
+        edits.append((model.get_input_embeddings(), False, f))
+        if tied is not None:  # the tied unembedding changes with the embedding: W' h = W (h − w r rᵀh)
+            edits.append((tied, True, f))
+    if "lm_head" in spec.targets and tied is None:
+        edits.append((model.get_output_embeddings(), True,
+                      remove(vectors[keys[n - 1]], spec.weight_at("lm_head", n - 1))))
+    installers = [
+        (lambda m=m, f=f: m.register_forward_pre_hook(pre(f), with_kwargs=True)) if on_input
+        else (lambda m=m, f=f: m.register_forward_hook(post(f)))
+        for m, on_input, f in edits
+    ]
     with _hooks(installers):
         yield
 
