@@ -179,6 +179,21 @@ def export_gguf_command(repo_or_dir: str, out: Path, layers: str | None, scale: 
                                         revision=revision)))
 
 
+@export.command("lora")
+@click.argument("source")
+@click.option("--base-model", help="Base checkpoint: a Hub id (must be the recorded one) or a local folder.")
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="The adapter folder to write (adapter_config.json + adapter_model.safetensors).")
+@click.option("--rank", type=int, default=3, show_default=True,
+              help="Rank of the truncated SVD for norm: preserve (the other recipes are exact at rank 1).")
+@click.option("--revision", help="Tag, branch or commit of a Hub repo.")
+def export_lora_command(source: str, base_model: str | None, out: Path, rank: int, revision: str | None) -> None:
+    """Write a PEFT LoRA adapter that applies SOURCE's recipe to the base model (serve it beside the base)."""
+    from hubkit.weights.lora import export_lora
+
+    click.echo(export_lora(source, base_model=base_model, out=out, rank=rank, revision=revision).summary())
+
+
 @main.command("pull")
 @click.argument("repo")
 @click.option("--revision", help="Tag (e.g. v2), branch or commit; default: main.")

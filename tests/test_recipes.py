@@ -311,3 +311,69 @@ def test_ablate_refuses_row_norm_recipes(bases: dict[str, Path], tmp_path: Path)
     with pytest.raises(PlanError, match="no hook reproduces it; use `hubkit export lora`"):
         with ablate(_load(bases["llama"]), staged):
             pass
+
+
+@pytest.mark.parametrize("family,regen", [
+    ("llama_bias_bf16", {"layer": 1.4, "targets": ["embed_tokens", "attn_out", "mlp_down", "lm_head"],
+                         "weight": {"embed_tokens": 0.5, "attn_out": {"max_weight": 1.2, "max_weight_position": 1.5,
+                                                                      "min_weight": 0.4, "min_weight_distance": 2},
+                                    "mlp_down": 0.8, "lm_head": 0.9}}),
+    ("llama", {"layer": 2, "targets": ["attn_out", "mlp_down"], "norm": "pre", "project_out": "harmless"}),
+    ("llama", {"layer": "each", "targets": ["attn_out", "mlp_down"], "norm": "preserve"}),
+    ("qwen3_5_bf16", {"layer": 2, "targets": ["embed_tokens", "attn_out", "mlp_down"], "weight": 0.7}),
+])
+def test_export_lora_gives_the_regenerated_model(family: str, regen: dict, bases: dict[str, Path],
+                                                  tmp_path: Path) -> None:
+    from peft import PeftModel
+
+    from hubkit.weights.lora import export_lora
+    from tests.test_abliterate import _load
+
+    staged = stage(tmp_path / "s", regen)
+    rank = tm.HIDDEN if regen.get("norm") == "preserve" else 3  # full rank: preserve is exact only there
+    res = export_lora(staged, base_model=bases[family], out=tmp_path / "lora", rank=rank)
+    rg.regenerate(staged, base_model=bases[family], out=tmp_path / "o", progress=False)
+    config = json.loads((tmp_path / "lora" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(bases[family]) and config["lora_alpha"] == config["r"]
+    assert set(config["target_modules"]) == {m.module for m in res.modules}
+    ids = torch.randint(0, tm.VOCAB, (2, 9), generator=torch.Generator().manual_seed(1))
+    peft = PeftModel.from_pretrained(_load(bases[family]).float(), tmp_path / "lora").eval()
+    got, want = _logits(peft, ids), _logits(_load(tmp_path / "o").float(), ids)
+    plain = _logits(_load(bases[family]).float(), ids)
+    change = float((plain - want).abs().max())
+    tol = 0.05 * change if family.endswith("bf16") else 1e-4  # bf16: the rebuilt weights are rounded, the LoRA not
+    assert change > 1e-3 and float((got - want).abs().max()) <= tol, (float((got - want).abs().max()), change)
+    if regen.get("norm") == "preserve":
+        assert res.worst is not None and res.worst.rel_error < 1e-10
+
+
+def test_export_lora_truncates_preserve_and_reports_the_error(bases: dict[str, Path], tmp_path: Path) -> None:
+    from hubkit.weights.lora import export_lora
+
+    staged = stage(tmp_path / "s", {"layer": 1, "targets": ["attn_out"], "norm": "preserve"})
+    res = export_lora(staged, base_model=bases["llama"], out=tmp_path / "lora", rank=3)
+    assert res.rank == 3 and 0 < res.worst.rel_error < 1 and "worst relative error" in res.summary()
+
+
+def test_export_lora_refuses_moe_experts(bases: dict[str, Path], tmp_path: Path) -> None:
+    from hubkit.weights.lora import export_lora
+
+    staged = stage(tmp_path / "s", {"layer": 1, "targets": ["attn_out", "mlp_down"]})
+    with pytest.raises(PlanError, match="MoE expert tensors can't be targeted by a PEFT LoRA"):
+        export_lora(staged, base_model=bases["qwen3_moe"], out=tmp_path / "lora")
+    assert not (tmp_path / "lora").exists()
+
+
+def test_export_lora_cli(bases: dict[str, Path], tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from hubkit.cli import main
+
+    staged = stage(tmp_path / "s", {"layer": 2, "targets": ["attn_out"], "norm": "pre"})
+    res = CliRunner().invoke(main, ["export", "lora", str(staged), "--base-model", str(bases["llama"]),
+                                    "-o", str(tmp_path / "lora")])
+    assert res.exit_code == 0, res.output
+    assert "a LoRA of rank 1 on 4 module(s)" in res.output and "exact (every edit is rank 1)" in res.output
+    res = CliRunner().invoke(main, ["export", "lora", str(staged), "--base-model", str(bases["llama"]),
+                                    "-o", str(tmp_path / "lora2"), "--rank", "0"])
+    assert res.exit_code == 1 and res.output.strip() == "error: --rank 0: must be at least 1"

@@ -405,7 +405,7 @@ class VerificationFailed(HubkitError):
         self.result = result
 
 
-def _prepare(
+def prepare(
     source: str | Path | Run, revision: str | None, base_model: str | Path | None, plan_only: bool
 ) -> tuple[PublishedRecipe, BaseCheckpoint, TensorPlan]:
     recipe = load_recipe(source, revision=revision)
@@ -438,7 +438,7 @@ def regenerate(
     shards that differ from the recorded sha256s (or a matrix left with a component along r above its dtype's
     rounding level) raise :class:`VerificationFailed` once the folder is written; the result rides on it.
     """
-    recipe, base, plan = _prepare(source, revision, base_model, plan_only)
+    recipe, base, plan = prepare(source, revision, base_model, plan_only)
     notes = list(base.notes)
     if plan_only:
         return RegenerateResult(None, plan, {}, "not run", [], None, True, recipe, base, notes)
@@ -510,7 +510,7 @@ def record_regeneration(
 
     Nothing is written: the shards are streamed through the hash only.
     """
-    recipe, base, plan = _prepare(source, None, base_dir, False)
+    recipe, base, plan = prepare(source, None, base_dir, False)
     return execute_plan(
         plan, base.path, None, _vectors(recipe, plan), device=device, progress=progress
     ).shards_sha256
