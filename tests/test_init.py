@@ -91,3 +91,20 @@ def test_init_never_overwrites_without_force(tmp_path):
     assert (run / "hubkit.yaml").read_text() == before
     write_draft(run, force=True)
     assert (run / "hubkit.yaml").read_text() != before
+
+
+def test_init_recognises_a_direction_with_one_vector_per_layer_and_a_harmless_mean(tmp_path):
+    import torch
+
+    from hubkit.run.init import draft_manifest
+
+    run = tmp_path / "run"
+    (run / "vectors").mkdir(parents=True)
+    torch.save(torch.randn(4, 8), run / "vectors" / "refusal_dir.pt")
+    torch.save(torch.randn(4, 8), run / "vectors" / "harmless_mean.pt")
+    (run / "model").mkdir()
+    (run / "model" / "config.json").write_text("{}")
+    (run / "model" / "model.safetensors").write_bytes(b"")
+    text, _ = draft_manifest(run)
+    assert '- name: "refusal"' in text and "4 layers 0–3, d=8" in text
+    assert 'project_out: "harmless_mean"' in text and 'direction: "refusal"' in text

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -92,7 +93,8 @@ def discover(run_dir: Path) -> Found:
             continue
         p = PurePosixPath(f)
         low = p.name.lower()
-        if p.suffix in (".pt", ".pth", ".safetensors", ".npy") and (p.parts[0] == "vectors" or "dir" in low):
+        if p.suffix in (".pt", ".pth", ".safetensors", ".npy") and (
+                p.parts[0] == "vectors" or "dir" in low or _HARMLESS.search(low)):
             found.directions.append(_describe_direction(run_dir, f))
         elif p.suffix == ".csv":
             try:
@@ -122,6 +124,9 @@ def discover(run_dir: Path) -> Found:
     return found
 
 
+_HARMLESS = re.compile(r"harmless|benign|good_mean|mean_good|comply_mean|mean_comply")
+
+
 def _describe_direction(run_dir: Path, rel: str) -> dict:
     """Name, shape and the layer TODO for one direction file; unreadable files are drafted with a note."""
     name = PurePosixPath(rel).stem
@@ -130,7 +135,8 @@ def _describe_direction(run_dir: Path, rel: str) -> dict:
             name = name[: -len(suffix)]
     if name in ("dir", "direction", "vector", "vec"):
         name = "direction"
-    entry: dict = {"name": name, "file": rel, "note": None, "convention": "block"}
+    entry: dict = {"name": name, "file": rel, "note": None, "convention": "block",
+                   "harmless": bool(_HARMLESS.search(PurePosixPath(rel).name.lower()))}
     try:
         from hubkit.formats.directions import inspect_direction
 
@@ -199,9 +205,15 @@ def draft_manifest(run_dir: str | Path) -> tuple[str, list[str]]:
         lines += [f"      - {{id: {q(a)}, per_task: {q(path)}}}" for a, path in f.results]
     if f.weights:
         lines.append(f"weights: {{path: {q(f.weights[0])}, publish: false}}")
-    if f.weights and f.directions:
-        lines.append(f"regenerate: {{direction: {q(f.directions[0]['name'])}, "
-                     "targets: [embed_tokens, attn_out, mlp_down]}")
+    ablation = [d for d in f.directions if not d["harmless"]]
+    harmless = [d for d in f.directions if d["harmless"]]
+    if f.weights and ablation:
+        lines.append(f"regenerate: {{direction: {q(ablation[0]['name'])}, "
+                     "targets: [embed_tokens, attn_out, mlp_down]"
+                     + (f", project_out: {q(harmless[0]['name'])}" if harmless else "") + "}")
+    elif harmless and ablation:
+        lines.append(f"# regenerate: {{direction: {q(ablation[0]['name'])}, project_out: {q(harmless[0]['name'])}}}"
+                     "   # projected abliteration: the harmless mean found next to the direction")
     lines.append("caveats: []")
     if f.excludes:
         lines.append("exclude:" + "".join(f"\n  - {q(e)}" for e in f.excludes) + "   # large arrays")
