@@ -36,7 +36,7 @@ def test_bad_manifest_is_one_line_without_traceback(tmp_path):
     assert r.stderr == f"error: {run}/hubkit.yaml:3: unknown key 'layer' (allowed: title, status, base_model, " \
         "repo_id, date, base_model_revision, license, tags, status_note, summary, summary_file, authors, " \
         "compute, directions, ranking, contrast, evaluations, caveats, sections, related, weights, regenerate, " \
-        "include, exclude, allow_secrets, max_file_size_mb, alpha)\n"
+        "include, exclude, allow_secrets, max_file_size_mb, vector_sets, compare, adapters, data, seeds, tests, geometry, alpha)\n"
     r = invoke("--debug", "validate", str(run))
     assert r.exit_code == 1 and "Traceback" in r.stderr and "ManifestError" in r.stderr
 

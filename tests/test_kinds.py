@@ -18,7 +18,7 @@ SECRET_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n---
 
 def test_the_builtin_kinds_are_registered_in_card_order() -> None:
     assert [k.name for k in kinds_mod.kinds()] == ["directions", "rankings", "contrast", "evaluations", "texts",
-                                                    "weights"]
+                                                    "weights", "vector_sets", "adapters", "data"]
 
 
 def test_a_new_kind_is_one_class(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

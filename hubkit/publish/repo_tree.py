@@ -156,6 +156,7 @@ def build_package(
         regenerate=regenerate_entry(run, shards_sha256, base_model_type),
         dataset_repo=dataset_repo,
         history=list(history or []),
+        extra={k: v for kind in kinds() for k, v in kind.records(run).items()},
     )
     body_files = sorted(files.values(), key=lambda f: f.path)
     data = card.build_card_data(run, body_files, meta)

@@ -91,6 +91,43 @@ class WeightsSpec:
 
 
 @dataclass
+class VectorSetSpec:
+    name: str
+    file: str  # a file or a folder of <member>.pt / .npy
+    layers: list[int] | None = None
+    layer_convention: str = "hidden_states"
+    members: list[str] | None = None
+    labels: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CompareSpec:
+    before: str
+    after: str
+
+
+@dataclass
+class AdapterSpec:
+    name: str
+    path: str
+    base_model: str | None = None  # None: the run's base_model
+
+
+@dataclass
+class DataSpec:
+    file: str
+    description: str | None = None
+
+
+@dataclass
+class GeometrySpec:
+    """The bootstrap behind every interval the geometry shows (recorded, so anyone can recompute it)."""
+
+    seed: int | None = None  # None: the run's first seed, else 0
+    resamples: int = 1000
+
+
+@dataclass
 class Manifest:
     """Everything ``hubkit.yaml`` may say; see the README for the schema."""
 
@@ -120,6 +157,13 @@ class Manifest:
     exclude: list[str] = field(default_factory=list)
     allow_secrets: list[str] = field(default_factory=list)
     max_file_size_mb: float = 100.0
+    vector_sets: list[VectorSetSpec] = field(default_factory=list)
+    compare: list[CompareSpec] = field(default_factory=list)
+    adapters: list[AdapterSpec] = field(default_factory=list)
+    data: list[DataSpec] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    tests: list[Any] = field(default_factory=list)  # run.reported_tests.ReportedTest: results hubkit can't recompute
+    geometry: GeometrySpec = field(default_factory=GeometrySpec)
     alpha: float = 0.05  # the significance level the card's statements are checked against
 
     def direction(self, name: str) -> DirectionSpec | None:
@@ -130,6 +174,9 @@ class Manifest:
         return _plain(self)
 
 
+_OMIT_DEFAULT = ("alpha", "geometry")
+
+
 def _plain(obj: Any) -> Any:
     if isinstance(obj, RecipeSpec):  # as written in hubkit.yaml (defaults left out: the seed recipe's stay as they were)
         out = {"direction": obj.direction, "layer": obj.layer, "targets": list(obj.targets), **obj.params_json()}
@@ -137,7 +184,11 @@ def _plain(obj: Any) -> Any:
     if hasattr(obj, "__dataclass_fields__"):
         out = {}
         for f in fields(obj):
-            v = _plain(getattr(obj, f.name))
+            raw = getattr(obj, f.name)
+            if f.name in _OMIT_DEFAULT and raw == (f.default_factory() if callable(f.default_factory)
+                                                   else f.default):
+                continue  # keys added after round one: absent at their default, so older repos stay "unchanged"
+            v = _plain(raw)
             if v is None or v == [] or v == {}:
                 continue
             out[f.name] = v
@@ -391,6 +442,8 @@ def parse_manifest(text: str, where: str = MANIFEST_NAME) -> Manifest:
         m.weights = WeightsSpec(path=p.string(w["path"], ("weights", "path"), allow_none=False),  # type: ignore[arg-type]
                                 publish=p.boolean(w.get("publish", False), ("weights", "publish")))
 
+    _geometry_sections(p, top, m)
+
     if top.get("regenerate") is not None:
         r = p.mapping(top["regenerate"], ("regenerate",), RecipeSpec, required=("direction",))
         direction = p.string(r["direction"], ("regenerate", "direction"), allow_none=False)
@@ -402,6 +455,60 @@ def parse_manifest(text: str, where: str = MANIFEST_NAME) -> Manifest:
         m.regenerate = parse_recipe(r, lambda path, msg: p.fail(("regenerate", *path), msg), directions=names,
                                     default_layer=spec.layer if spec is not None else None)
     return m
+
+
+def _geometry_sections(p: _Parser, top: dict[str, Any], m: Manifest) -> None:
+    """vector_sets, compare, adapters, data, seeds, tests, geometry: a persona-geometry run (seed 004)."""
+    from hubkit.run.reported_tests import parse_tests
+
+    for path, e in p.items(top.get("vector_sets"), ("vector_sets",)):
+        e = p.mapping(e, path, VectorSetSpec, required=("name", "file"))
+        conv = p.choice(e.get("layer_convention", "hidden_states"), path + ("layer_convention",), ("block", "hidden_states"))
+        layers = e.get("layers")
+        if layers is not None:
+            layers = [p.integer(v, sub) for sub, v in p.items(layers, path + ("layers",))]
+        labels = e.get("labels") or {}
+        if not isinstance(labels, dict):
+            raise p.fail(path + ("labels",), f"{p.dotted(path + ('labels',))} must be a mapping")
+        spec = VectorSetSpec(p.string(e["name"], path + ("name",), allow_none=False),  # type: ignore[arg-type]
+                             p.string(e["file"], path + ("file",), allow_none=False),  # type: ignore[arg-type]
+                             layers, conv,
+                             p.str_list(e["members"], path + ("members",)) if e.get("members") is not None else None,
+                             dict(labels))
+        if any(s.name == spec.name for s in m.vector_sets):
+            raise p.fail(path + ("name",), f"vector set '{spec.name}' named twice")
+        m.vector_sets.append(spec)
+    names = [s.name for s in m.vector_sets]
+    for path, e in p.items(top.get("compare"), ("compare",)):
+        e = p.mapping(e, path, CompareSpec, required=("before", "after"))
+        pair = CompareSpec(p.string(e["before"], path + ("before",), allow_none=False),  # type: ignore[arg-type]
+                           p.string(e["after"], path + ("after",), allow_none=False))  # type: ignore[arg-type]
+        for side, key in ((pair.before, "before"), (pair.after, "after")):
+            if side not in names:
+                raise p.fail(path + (key,), f"no vector set named '{side}' (have: {', '.join(names) or 'none'})")
+        if pair.before == pair.after:
+            raise p.fail(path, "before and after are the same set")
+        m.compare.append(pair)
+    for path, e in p.items(top.get("adapters"), ("adapters",)):
+        e = p.mapping(e, path, AdapterSpec, required=("name", "path"))
+        spec = AdapterSpec(p.string(e["name"], path + ("name",), allow_none=False),  # type: ignore[arg-type]
+                           p.string(e["path"], path + ("path",), allow_none=False).rstrip("/"),  # type: ignore[union-attr]
+                           p.string(e.get("base_model"), path + ("base_model",)))
+        if any(a.name == spec.name for a in m.adapters):
+            raise p.fail(path + ("name",), f"adapter '{spec.name}' named twice")
+        m.adapters.append(spec)
+    for path, e in p.items(top.get("data"), ("data",)):
+        e = p.mapping(e, path, DataSpec, required=("file",))
+        m.data.append(DataSpec(p.string(e["file"], path + ("file",), allow_none=False),  # type: ignore[arg-type]
+                               p.string(e.get("description"), path + ("description",))))
+    m.seeds = [p.integer(v, path, minimum=None) for path, v in p.items(top.get("seeds"), ("seeds",))]  # type: ignore[misc]
+    if top.get("tests") is not None:
+        line = p.lines.at(("tests",))
+        m.tests = parse_tests(top["tests"], f"{p.where}:{line}: tests" if line else f"{p.where}: tests")
+    if top.get("geometry") is not None:
+        g = p.mapping(top["geometry"], ("geometry",), GeometrySpec)
+        m.geometry = GeometrySpec(p.integer(g.get("seed"), ("geometry", "seed"), minimum=None),
+                                  p.integer(g.get("resamples", 1000), ("geometry", "resamples"), minimum=100) or 1000)
 
 
 def _evaluation(p: _Parser, e: Any, path: tuple) -> EvaluationSpec:

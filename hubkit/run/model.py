@@ -9,7 +9,7 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hubkit.errors import HubkitError, ManifestError
 from hubkit.run.contrast import ContrastSet
@@ -49,6 +49,13 @@ class Run:
     summary: str | None = None
     sections: list[Section] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # a persona-geometry run (vector sets, adapters, data files, the run's own tests): see run/kinds
+    vector_sets: dict[str, Any] = field(default_factory=dict)  # name → formats.vector_sets.VectorSet
+    set_geometry: dict[str, Any] = field(default_factory=dict)  # name → run.geometry.SetGeometry
+    compares: list[Any] = field(default_factory=list)  # run.geometry.CompareGeometry
+    adapters: list[Any] = field(default_factory=list)  # formats.peft_adapters.AdapterInfo
+    data_files: list[tuple[Any, Any]] = field(default_factory=list)  # (DataSpec, safefiles.FileHashes)
+    reported_tests: list[Any] = field(default_factory=list)  # run.reported_tests.AdjustedTest
 
     @property
     def included_files(self) -> list[FileEntry]:

@@ -59,9 +59,21 @@ def _walk(root: Path) -> tuple[list[tuple[str, int]], list[tuple[str, int, str]]
     return sorted(files), skipped
 
 
-def classify(path: str, m: Manifest, role: dict[str, str]) -> str:
+def named_role(path: str, role: dict[str, str]) -> str | None:
+    """The kind the manifest gives ``path``: itself, or a folder it names (a vector set, an adapter)."""
     if path in role:
         return role[path]
+    parts = path.split("/")
+    for i in range(len(parts) - 1, 0, -1):
+        folder = "/".join(parts[:i])
+        if folder in role:
+            return role[folder]
+    return None
+
+
+def classify(path: str, m: Manifest, role: dict[str, str]) -> str:
+    if (named := named_role(path, role)) is not None:
+        return named
     if m.weights and (path + "/").startswith(m.weights.path.rstrip("/") + "/"):
         return "weights"
     top = path.split("/", 1)[0]
@@ -83,7 +95,7 @@ def inventory(run_dir: Path, m: Manifest, role: dict[str, str], *, with_weights:
     for rel, size in files:
         kind = "manifest" if rel == MANIFEST_NAME else classify(rel, m, role)
         e = FileEntry(rel, size, kind)
-        if rel in role or kind == "manifest":
+        if named_role(rel, role) is not None or kind == "manifest":
             pass  # files the manifest names are always published
         elif matches(rel, DEFAULT_EXCLUDE) and not matches(rel, m.allow_secrets):
             e.included, e.reason = False, "credential-like file, excluded by default"

@@ -10,6 +10,9 @@ from hubkit.run.kinds import contrast_sets  # noqa: F401
 from hubkit.run.kinds import evaluations  # noqa: F401
 from hubkit.run.kinds import texts  # noqa: F401
 from hubkit.run.kinds import weights  # noqa: F401
+from hubkit.run.kinds import vector_sets  # noqa: F401
+from hubkit.run.kinds import adapters  # noqa: F401
+from hubkit.run.kinds import data_files  # noqa: F401
 # isort: on
 from hubkit.run.kinds.base import ArtifactKind, DatasetTable, Generated, LoadContext, Named, kinds, register
 

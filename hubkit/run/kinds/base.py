@@ -81,13 +81,25 @@ class LoadContext:
 
     def file(self, named: Named) -> Path | None:
         """The named file, confined to the run (symlinks followed only while they stay inside it)."""
+        return self.folder_or_file(named, folder=False)
+
+    def folder_or_file(self, named: Named, *, folder: bool | None = None) -> Path | None:
+        """A named path that must be a file (``folder=False``), a folder (``True``) or either (``None``)."""
         from hubkit.run.model import resolve_in_run
 
+        where = f"{self.where}: {named.key}"
         try:
-            return resolve_in_run(self.run.root, named.path, f"{self.where}: {named.key}")
+            p = resolve_in_run(self.run.root, named.path, where, folder=folder is not False)
         except HubkitError as e:
             self.problems.append(str(e))
             return None
+        if not p.exists():
+            self.problems.append(f"{where}: '{named.path}' not found")
+            return None
+        if folder is True and not p.is_dir():
+            self.problems.append(f"{where}: '{named.path}' is not a folder")
+            return None
+        return p
 
 
 class ArtifactKind:
@@ -115,3 +127,7 @@ class ArtifactKind:
 
     def dataset_tables(self, run: Run) -> list[DatasetTable]:
         return []
+
+    def records(self, run: Run) -> dict[str, Any]:
+        """Sections this kind adds to ``hubkit.json`` (plain JSON data), keyed by their top-level name."""
+        return {}
