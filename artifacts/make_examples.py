@@ -1,7 +1,8 @@
-"""Regenerate the three example runs in artifacts/ (deterministic; run from the repo root).
+"""Regenerate the four example runs in artifacts/ (deterministic; run from the repo root).
 
 They are modeled on the seed documents: capability vector v1 (null result), refusal-direction
-abliteration (positive, three arms over the same 89 tasks) and the persona vector (regression).
+abliteration (positive, three arms over the same 89 tasks), the persona vector (regression) and the
+persona geometry under emergent misalignment (seed 004: vector sets, adapters, the run's own tests).
 Directions have d = 64, the hidden size of the tiny models the tests build, so they can be
 regenerated in tests. ``python artifacts/make_examples.py``
 """
@@ -410,9 +411,21 @@ def persona(root: Path) -> None:
         """)
 
 
+def persona_geometry(root: Path) -> None:
+    """Seed 004's run (persona vector sets, two methods × three checkpoints, two LoRA adapters, a data file):
+    written by the tests' helper, which also builds the tiny PEFT adapters."""
+    import sys
+
+    sys.path.insert(0, str(ROOT.parent))
+    from tests.persona_geometry_example import write_example
+
+    root.rmdir()
+    write_example(root)
+
+
 def main() -> None:
     for name, fn in (("capability-vector-v1", capability), ("refusal-abliteration", refusal),
-                     ("persona-vector", persona)):
+                     ("persona-vector", persona), ("persona-geometry", persona_geometry)):
         root = ROOT / name
         if root.exists():
             shutil.rmtree(root)

@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from hubkit import __version__
-from hubkit.cards.plots import ranking_plot, weight_plot
+from hubkit.cards.plots import delta_heatmap, ranking_plot, set_heatmap, weight_plot
 from hubkit.cards.render import FENCE, render
 from hubkit.formats.hubjson import HistoryEntry
 from hubkit.formats.recipe import describe_spec, weights_by_block
@@ -213,6 +213,84 @@ class Reproducibility:
     compute: str | None
     scripts: list[str]
     data_files: list[FileView]
+    data: list[tuple[str, str, str, str | None]] = field(default_factory=list)  # (path, md5, sha256, description)
+    seeds: list[int] = field(default_factory=list)
+    layers_probed: str | None = None
+
+
+@dataclass
+class GeometryRow:
+    layer: int
+    mean_cos: float
+    lo: float
+    hi: float
+    norm_min: float
+    norm_max: float
+
+
+@dataclass
+class SetView:
+    name: str
+    canonical: str
+    members: list[str]
+    convention: str
+    d: int
+    labels: str
+    rows: list[GeometryRow]
+    heatmap: str
+    bootstrap: str  # "95 % bootstrap over the 12 members (1000 resamples, seed 42)"
+
+
+@dataclass
+class CompareRow:
+    layer: int
+    before: float
+    after: float
+    change: float
+    lo: float
+    hi: float
+    member_cos_min: float
+    member_cos_mean: float
+    least_stable: str
+
+
+@dataclass
+class CompareView:
+    before: str
+    after: str
+    n_members: int
+    convention: str
+    rows: list[CompareRow]
+    heatmap: str
+    bootstrap: str
+
+
+@dataclass
+class AdapterView:
+    name: str
+    path: str
+    base_model: str
+    r: int
+    lora_alpha: float
+    use_rslora: bool
+    lora_dropout: float
+    target_modules: str
+    weights_sha256: str | None
+    defaults: list[str]
+
+
+@dataclass
+class ReportedTestRow:
+    name: str
+    family: str
+    test: str
+    alternative: str
+    n: str
+    p: float
+    p_holm: float
+    p_bh: float
+    family_size: int
+    note: str | None
 
 
 @dataclass
@@ -253,6 +331,10 @@ class CardData:
     dataset: RelatedView | None = None  # the Hub dataset holding the contrast sets and per-task results
     history: list[HistoryEntry] = field(default_factory=list)
     citation: Citation | None = None
+    vector_sets: list[SetView] = field(default_factory=list)
+    compares: list[CompareView] = field(default_factory=list)
+    adapters: list[AdapterView] = field(default_factory=list)
+    reported_tests: list[ReportedTestRow] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- assets (the ranking plots)
@@ -292,6 +374,10 @@ def build_assets(run: Run) -> dict[str, bytes]:
     r = run.manifest.regenerate
     if r is not None and r.weight:
         out[RECIPE_PLOT] = weight_plot(weights_by_block(r), f"regenerate: weight per block ({r.recipe})")
+    for name, g in run.set_geometry.items():
+        out[heatmap_path(name)] = set_heatmap(g)
+    for c in run.compares:
+        out[delta_path(c.before, c.after)] = delta_heatmap(c)
     return out
 
 
@@ -342,6 +428,10 @@ def build_card_data(run: Run, files: list[FileRecord], meta: HubJson) -> CardDat
         dataset=RelatedView(ds_repo, "dataset", None, f"{HUB}/datasets/{ds_repo}") if ds_repo else None,
         history=list(meta.history),
         citation=_citation(run, repo_id, meta.version),
+        vector_sets=_sets(run),
+        compares=_compares(run),
+        adapters=_adapters(run),
+        reported_tests=_reported(run),
     )
 
 
@@ -558,8 +648,73 @@ def _reproducibility(run: Run, files: list[FileView]) -> Reproducibility:
         authors=list(m.authors),
         compute=m.compute,
         scripts=[f.path for f in files if f.kind == "script"],
-        data_files=[f for f in files if f.kind in DATA_KINDS],
+        data_files=[f for f in files if f.kind in DATA_KINDS and f.path not in {d.file for d, _ in run.data_files}],
+        data=[(h.path, h.md5, h.sha256, d.description) for d, h in run.data_files],
+        seeds=list(m.seeds),
+        layers_probed=", ".join(sorted({f"{vs.layers} ({vs.layer_convention})" for vs in run.vector_sets.values()}))
+        or None,
     )
+
+
+def _bootstrap_text(interval: Any, n: int) -> str:
+    return (f"{interval.confidence:.0%} percentile bootstrap over the {n} members ({interval.n_resamples} resamples, "
+            f"seed {interval.seed})")
+
+
+def _sets(run: Run) -> list[SetView]:
+    out = []
+    for name, g in run.set_geometry.items():
+        vs = run.vector_sets[name]
+        rows = [GeometryRow(lg.layer, lg.mean_offdiag, lg.interval.lo, lg.interval.hi, float(min(lg.norms)),
+                            float(max(lg.norms))) for lg in g.layers]
+        labels = ", ".join(f"{k}: {v}" for k, v in sorted(vs.labels.items()))
+        out.append(SetView(name, f"vectors/{name}.safetensors", list(g.members), g.layer_convention, vs.d, labels,
+                           rows, heatmap_path(name), _bootstrap_text(g.layers[0].interval, len(g.members))))
+    return out
+
+
+def _compares(run: Run) -> list[CompareView]:
+    out = []
+    for c in run.compares:
+        rows = []
+        for cl in c.layers:
+            i = int(min(range(len(c.members)), key=lambda k: cl.member_cos[k]))
+            rows.append(CompareRow(cl.layer, cl.before, cl.after, cl.change, cl.change_interval.lo,
+                                   cl.change_interval.hi, float(cl.member_cos[i]), float(sum(cl.member_cos)
+                                                                                         / len(cl.member_cos)),
+                                   c.members[i]))
+        out.append(CompareView(c.before, c.after, len(c.members), c.layer_convention, rows,
+                               delta_path(c.before, c.after),
+                               _bootstrap_text(c.layers[0].change_interval, len(c.members)) + ", paired"))
+    return out
+
+
+def _adapters(run: Run) -> list[AdapterView]:
+    out = []
+    for a in run.adapters:
+        weights = next((f.sha256 for f in a.files if f.path.endswith("adapter_model.safetensors")), None)
+        targets = a.target_modules if isinstance(a.target_modules, str) else ", ".join(a.target_modules or [])
+        out.append(AdapterView(a.name, a.path, a.base_model, a.r, a.lora_alpha, a.use_rslora, a.lora_dropout,
+                               targets, weights, list(a.defaults)))
+    return out
+
+
+def _reported(run: Run) -> list[ReportedTestRow]:
+    return [ReportedTestRow(t.test.name, t.test.family, t.test.test or "not stated",
+                            {"greater": "one-sided (greater)", "less": "one-sided (less)",
+                             "two-sided": "two-sided"}.get(t.test.alternative or "", "not stated"),
+                            ", ".join(x for x in (f"N = {t.test.n}" if t.test.n else "",
+                                                  f"{t.test.n_iter} iterations" if t.test.n_iter else "") if x)
+                            or "—", t.test.p, t.p_holm, t.p_bh, t.family_size, t.note)
+            for t in run.reported_tests]
+
+
+def heatmap_path(name: str) -> str:
+    return f"assets/{name}_cosine.png"
+
+
+def delta_path(before: str, after: str) -> str:
+    return f"assets/{before}__{after}_delta.png"
 
 
 def _citation(run: Run, repo_id: str | None, version: str | None) -> Citation:
