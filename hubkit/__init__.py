@@ -15,6 +15,7 @@ _LAZY = {
     "load_direction": "use.loading",
     "load_directions": "use.loading",
     "pull": "use.loading",
+    "load_vector_set": "use.loading",
     "steer": "use.steering",
     "ablate": "use.steering",
     "load_run": "run.run",
@@ -26,7 +27,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hubkit.use.loading import load_direction, load_directions, pull  # noqa: F401
+    from hubkit.use.loading import load_direction, load_directions, load_vector_set, pull  # noqa: F401
     from hubkit.use.steering import ablate, steer  # noqa: F401
 
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hubkit.errors import DirectionError, PickleRefused, first_line
-from hubkit.formats.safefiles import read_json_file, read_safetensors, safetensors_bytes, sha256_file
+from hubkit.formats.safefiles import read_safetensors, safetensors_bytes, sha256_file
 
 if TYPE_CHECKING:
     import torch
@@ -93,6 +93,16 @@ class VectorSet:
         if layer not in self.layers:
             raise KeyError(f"{self.name}: no layer {layer} ({self.layer_convention}); has {self.layers}")
         return self.arrays[member][self.layers.index(layer)]
+
+    def direction(self, member: str) -> Any:
+        """One member as a :class:`~hubkit.formats.directions.DirectionSet` (its layers, this set's convention), so
+        ``hubkit.steer(model, vs.direction("villain"), layer=20, alpha=4)`` steers along a persona."""
+
+        from hubkit.formats.directions import DirectionSet
+
+        rows = self[member]
+        return DirectionSet(f"{self.name}.{member}", {layer: rows[i] for i, layer in enumerate(self.layers)},
+                            layer_convention=self.layer_convention)
 
     def float64(self) -> dict[str, np.ndarray]:
         """``{member: float64 [n_layers, d]}`` in member order: what :mod:`geometry` takes."""
@@ -496,17 +506,11 @@ def load_vector_set(folder_or_file: str | Path, name: str | None = None, *,
 
 
 def _hubkit_json_sha(root: Path, rel: str) -> str | None:
-    """The sha256 ``hubkit.json`` records for ``rel`` (None if it lists no such file). A stand-in for
-    ``hubkit.formats.hubjson.parse``, which validates the whole file, once this lands in hubkit."""
-    meta = root / "hubkit.json"
+    """The sha256 ``hubkit.json`` records for ``rel`` (None if the folder has none or it lists no such file)."""
+    from hubkit.formats import hubjson
+
+    meta = root / hubjson.HUBKIT_JSON
     if not meta.is_file():
         return None
-    data = read_json_file(meta, "hubkit.json", error=DirectionError, max_bytes=64 << 20)
-    files = data.get("files") if isinstance(data, dict) else None
-    for entry in files if isinstance(files, list) else []:
-        if isinstance(entry, dict) and entry.get("path") == rel:
-            sha = entry.get("sha256")
-            if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha):
-                raise _fail("hubkit.json", f"files: {rel}", f"sha256 {sha!r} is not 64 hex digits")
-            return sha
-    return None
+    record = hubjson.parse(meta.read_bytes(), str(meta)).file(rel)
+    return None if record is None else record.sha256

@@ -30,6 +30,8 @@ from hubkit.source import RepoSource, open_source, verify
 if TYPE_CHECKING:
     import torch
 
+    from hubkit.formats.vector_sets import VectorSet
+
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 _SAFE_SUFFIXES = (".safetensors", ".npy")  # formats that can be read without unpickling
 _PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle")
@@ -104,6 +106,34 @@ def load_directions(
         ds.vector(layer)  # raises with the available layers
         ds.selected_layer = layer
     return ds
+
+
+def load_vector_set(source: str | Path, name: str | None = None, revision: str | None = None) -> VectorSet:
+    """A published vector set (personas, traits): ``.members``, ``.layers``, ``.layer_convention``, ``.labels``
+    and ``vs[member]`` → float32 ``[n_layers, d]``. ``source`` is a Hub repo id (``revision`` resolved once to a
+    commit), a staged / pulled folder, or a canonical ``.safetensors`` file. The file is checked against the
+    sha256 ``hubkit.json`` records; nothing is unpickled."""
+    from hubkit.formats.hubjson import confined
+    from hubkit.formats.vector_sets import check_name, read_canonical
+    from hubkit.formats.vector_sets import load_vector_set as load_file
+
+    path = Path(source)
+    if path.is_file():
+        return load_file(path, name)
+    src = open_source(source, revision)
+    entries = (src.meta.extra.get("vector_sets") if src.meta is not None else None) or []
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("name"), str)
+                                                for e in entries):
+        raise DirectionError(f"{src.where}: {HUBKIT_JSON}: vector_sets is not a list of named sets")
+    names = [e["name"] for e in entries]
+    if name is None and len(names) != 1:
+        raise DirectionError(f"{src.where}: {len(names)} vector sets ({', '.join(names) or 'none'}); pass name=")
+    entry = next((e for e in entries if e["name"] == (name or names[0])), None)
+    if entry is None:
+        raise DirectionError(f"{src.where}: no vector set '{name}' (has {', '.join(names) or 'none'})")
+    rel = confined(entry.get("canonical"), f"{src.where}: {HUBKIT_JSON}: vector_sets.{entry['name']}.canonical")
+    check_name(entry["name"], src.where, "set")
+    return read_canonical(src.verified(rel, DirectionError), f"{src.where}: {rel}")
 
 
 def pull(repo_id: str, revision: str | None = None, *, out: str | Path, progress: bool = True) -> PullResult:

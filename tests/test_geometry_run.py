@@ -1,0 +1,113 @@
+"""A persona-geometry run (seed 004) end to end: validate, publish to the test Hub, load the sets back by repo
+id, load an adapter with PEFT from the repo's subfolder, steer with a member; and the refusals."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hubkit.errors import DirectionError
+from hubkit.publish.commit import publish, stage_run
+from hubkit.run.run import validate_run
+from tests.helpers import copy_example
+from tests.persona_geometry_example import tiny_base_model
+
+RUN = "persona-geometry"
+
+
+def test_the_example_validates_and_its_hubkit_json_holds_the_geometry(tmp_path: Path) -> None:
+    report = validate_run(copy_example(RUN, tmp_path))
+    assert report.ok, report.problems
+    run = report.run
+    assert len(run.vector_sets) == 7 and len(run.compares) == 4 and len(run.adapters) == 2
+    assert run.manifest.seeds == [42] and len(run.reported_tests) == 20
+    stage_run(copy_example(RUN, tmp_path / "b"), tmp_path / "out")
+    meta = json.loads((tmp_path / "out" / "hubkit.json").read_text())
+    assert meta["geometry"]["bootstrap"] == {"seed": 42, "resamples": 1000}
+    staged = {p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    assert {"vectors/a_base.safetensors", "assets/a_base_cosine.png", "assets/a_base__a_em_delta.png",
+            "adapters/em_lora/adapter_config.json"} <= staged
+
+
+def test_an_adapter_trained_on_another_base_is_refused_in_one_line(tmp_path: Path) -> None:
+    """Seed 004: the EM adapter's config named a local merged model, not the base the plan assumed."""
+    run = copy_example(RUN, tmp_path)
+    cfg_path = run / "adapters" / "em_lora" / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["base_model_name_or_path"] = "/workspace/marker_transfer_issue125/confab_zlt_merged"
+    cfg_path.write_text(json.dumps(cfg))
+    report = validate_run(run)
+    [problem] = [p for p in report.problems if "adapter_config.json" in p]
+    assert "/workspace/marker_transfer_issue125/confab_zlt_merged" in problem
+    assert "Qwen/Qwen2.5-7B-Instruct" in problem and "\n" not in problem
+
+
+def test_a_compare_pair_over_different_members_is_refused(tmp_path: Path) -> None:
+    run = copy_example(RUN, tmp_path)
+    rows = torch.load(run / "vectors" / "method_a" / "em.pt", weights_only=True)
+    rows.pop("villain")
+    torch.save(rows, run / "vectors" / "method_a" / "em.pt")
+    report = validate_run(run)
+    assert any("compare[0]" in p and "different members" in p and "villain" in p for p in report.problems)
+
+
+def test_published_sets_load_by_repo_id_and_adapters_load_with_peft(hub, api, repo_id: str, hf_cache: Path,
+                                                                    tmp_path: Path) -> None:
+    from peft import PeftModel
+
+    import hubkit
+    from hubkit.use.steering import steer
+
+    run = copy_example(RUN, tmp_path)
+    res = publish(run, repo_id=repo_id, progress=False)
+    vs = hubkit.load_vector_set(repo_id, "a_em", revision=res.version)
+    local = validate_run(run).run.vector_sets["a_em"]
+    assert vs.members == local.members and vs.layers == [7, 14, 20, 21, 27]
+    assert vs.layer_convention == "hidden_states" and vs.labels["checkpoint"] == "em"
+    assert torch.equal(vs["villain"], torch.from_numpy(local.arrays["villain"]))  # values as given, not normalized
+    with pytest.raises(DirectionError, match="7 vector sets .* pass name="):
+        hubkit.load_vector_set(repo_id)
+
+    base = tiny_base_model()
+    peft = PeftModel.from_pretrained(base, repo_id, subfolder="adapters/em_lora", revision=res.commit)
+    assert any("lora_A" in n for n, _ in peft.named_parameters())
+
+    model = tiny_base_model()
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        plain = model(input_ids=ids).logits
+        with steer(model, _two_layers(vs.direction("villain")), layer=2, alpha=4.0):
+            steered = model(input_ids=ids).logits
+    assert not torch.allclose(plain, steered)
+
+
+def test_geometry_in_the_card_is_the_published_vectors_geometry(tmp_path: Path) -> None:
+    """The card's numbers are recomputed from the canonical files a downloader gets (an independent numpy
+    computation here: mean over ordered pairs of distinct members of the cosine)."""
+    from hubkit.formats.vector_sets import read_canonical
+
+    out = tmp_path / "out"
+    stage_run(copy_example(RUN, tmp_path), out)
+    meta = json.loads((out / "hubkit.json").read_text())
+    for entry in meta["geometry"]["sets"]:
+        vs = read_canonical(out / f"vectors/{entry['name']}.safetensors")
+        for layer in entry["layers"]:
+            x = np.stack([vs.vector(m, layer["layer"]).astype(np.float64) for m in vs.members])
+            x /= np.linalg.norm(x, axis=1, keepdims=True)
+            c = x @ x.T
+            n = len(vs.members)
+            want = (c.sum() - np.trace(c)) / (n * (n - 1))
+            assert abs(layer["mean_offdiag_cos"] - want) < 1e-9
+    shutil.rmtree(out)
+
+
+def _two_layers(ds):  # noqa: ANN001, ANN202
+    """The tiny test model has 2 blocks; the example's layers are 7–27 of a real model: renumber two of them."""
+    from hubkit.formats.directions import DirectionSet
+
+    return DirectionSet(ds.name, {1: ds.layers[7], 2: ds.layers[14]}, layer_convention="hidden_states")
