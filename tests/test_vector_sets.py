@@ -347,13 +347,14 @@ def test_load_vector_set_hash_checks(tmp_path, rows):
     assert v.load_vector_set(path, sha256=digest).name == "a_base"
     with pytest.raises(DirectionError, match="sha256 .* differs from the expected"):
         v.load_vector_set(path, sha256="0" * 64)
+    size = path.stat().st_size
     (tmp_path / "hubkit.json").write_text(json.dumps({"files": [{"path": "vectors/a_base.safetensors",
-                                                                  "sha256": "f" * 64}]}))
+                                                                  "size": size, "sha256": "f" * 64}]}))
     with pytest.raises(DirectionError) as e:
         v.load_vector_set(tmp_path, "a_base")
     assert str(e.value).startswith("vectors/a_base.safetensors: sha256")
     (tmp_path / "hubkit.json").write_text(json.dumps({"files": [{"path": "vectors/a_base.safetensors",
-                                                                  "sha256": digest}]}))
+                                                                  "size": size, "sha256": digest}]}))
     assert v.load_vector_set(tmp_path, "a_base").members == MEMBERS
 
 
