@@ -111,3 +111,28 @@ def _two_layers(ds):  # noqa: ANN001, ANN202
     from hubkit.formats.directions import DirectionSet
 
     return DirectionSet(ds.name, {1: ds.layers[7], 2: ds.layers[14]}, layer_convention="hidden_states")
+
+
+def test_the_card_compares_directions_with_related_runs(hub, api, hf_cache: Path, tmp_path: Path) -> None:
+    """cos(this direction, a related run's) at the shared layers, read from the related repo by commit."""
+    import re
+
+    import torch
+
+    from hubkit.formats.directions import read_direction_file
+    from hubkit.publish.repo_tree import card_for_run
+
+    earlier = copy_example("capability-vector-v1", tmp_path / "a")
+    res = publish(earlier, repo_id="tester/capvec-earlier", progress=False)
+    run = copy_example("persona-vector", tmp_path / "b")
+    text = (run / "hubkit.yaml").read_text()
+    text = re.sub(r"related:\n(  - .*\n)+", "related:\n  - {repo_id: tester/capvec-earlier, relation: see-also}\n"
+                                           "  - {repo_id: tester/not-there, relation: see-also}\n", text)
+    (run / "hubkit.yaml").write_text(text)
+    card = card_for_run(run).text
+    ours = read_direction_file(run / "vectors" / "persona_dir.pt", layer=22)
+    theirs = torch.load(earlier / "vectors" / "dir.pt", weights_only=True)[22]
+    want = float(torch.nn.functional.cosine_similarity(ours.vector(22).double(), theirs.double(), dim=0))
+    line = next(ln for ln in card.splitlines() if "tester/capvec-earlier" in ln and "cos(" in ln)
+    assert f"@ `{res.commit[:12]}`" in line and f"at layer 22 (selected) = {want:.3f}" in line
+    assert "`tester/not-there`: could not be read" in card

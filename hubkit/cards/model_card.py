@@ -332,6 +332,7 @@ class CardData:
     history: list[HistoryEntry] = field(default_factory=list)
     citation: Citation | None = None
     vector_sets: list[SetView] = field(default_factory=list)
+    cross_run: list[Any] = field(default_factory=list)  # publish.related.CrossRun: cosines with related runs
     compares: list[CompareView] = field(default_factory=list)
     adapters: list[AdapterView] = field(default_factory=list)
     reported_tests: list[ReportedTestRow] = field(default_factory=list)
@@ -387,7 +388,7 @@ def build_assets(run: Run) -> dict[str, bytes]:
 # --------------------------------------------------------------------------- card data
 
 
-def build_card_data(run: Run, files: list[FileRecord], meta: HubJson) -> CardData:
+def build_card_data(run: Run, files: list[FileRecord], meta: HubJson, cross_run: list[Any] | None = None) -> CardData:
     """Compute everything the card shows from the loaded run, its package files and ``hubkit.json``."""
     m = run.manifest
     repo_id = meta.repo_id or m.repo_id
@@ -429,6 +430,7 @@ def build_card_data(run: Run, files: list[FileRecord], meta: HubJson) -> CardDat
         history=list(meta.history),
         citation=_citation(run, repo_id, meta.version),
         vector_sets=_sets(run),
+        cross_run=list(cross_run or []),
         compares=_compares(run),
         adapters=_adapters(run),
         reported_tests=_reported(run),

@@ -25,6 +25,7 @@ from hubkit.formats.hubjson import (
     HubJson,
     RegenerateRecord,
 )
+from hubkit.publish.related import cross_run_geometry
 from hubkit.run.kinds import kinds
 from hubkit.run.kinds.directions import canonical_path
 from hubkit.run.run import Run
@@ -126,6 +127,7 @@ def build_package(
     dataset_repo: str | None = None,
     hash_cache: HashCache | None = None,
     progress: bool = False,
+    related: bool = True,
 ) -> Package:
     """Decide every file of the repo: the run's files, canonical vectors, assets, the card, hubkit.json."""
     from hubkit.cards import model_card as card
@@ -159,7 +161,7 @@ def build_package(
         extra={k: v for kind in kinds() for k, v in kind.records(run).items()},
     )
     body_files = sorted(files.values(), key=lambda f: f.path)
-    data = card.build_card_data(run, body_files, meta)
+    data = card.build_card_data(run, body_files, meta, cross_run_geometry(run) if related else None)
     readme = card.render_card(data, template_dir=template_dir).encode("utf-8")
     files[CARD] = PackageFile(CARD, len(readme), sha256_bytes(readme), "card", data=readme)
 
