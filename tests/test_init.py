@@ -108,3 +108,14 @@ def test_init_recognises_a_direction_with_one_vector_per_layer_and_a_harmless_me
     text, _ = draft_manifest(run)
     assert '- name: "refusal"' in text and "4 layers 0–3, d=8" in text
     assert 'project_out: "harmless_mean"' in text and 'direction: "refusal"' in text
+
+
+def test_init_drafts_vector_sets_adapters_and_data_of_a_geometry_run(tmp_path):
+    from hubkit.run.init import draft_manifest
+
+    run = copy_example("persona-geometry", tmp_path)
+    (run / "hubkit.yaml").unlink()
+    text, todo = draft_manifest(run)
+    assert 'file: "vectors/method_a/em.pt"' in text and "12 members × 5 rows, d=64" in text
+    assert 'path: "adapters/em_lora"' in text and 'file: "data/bad_legal_advice_6k.jsonl"' in text
+    assert "vector_sets[0].layers" in todo and "contrast:" not in text

@@ -34,6 +34,9 @@ class Found:
     notes: list[str] = field(default_factory=list)
     excludes: list[str] = field(default_factory=list)
     base_model: str | None = None
+    vector_sets: list[dict] = field(default_factory=list)  # {name, file, members, rows, d}
+    adapters: list[str] = field(default_factory=list)  # folders with adapter_config.json
+    data: list[str] = field(default_factory=list)
 
 
 def _files(root: Path) -> list[str]:
@@ -78,7 +81,9 @@ def discover(run_dir: Path) -> Found:
     found = Found()
     files = _files(run_dir)
     found.weights = _weight_dirs(run_dir, files)
-    in_weights = tuple(found.weights)
+    found.adapters = sorted(str(PurePosixPath(f).parent) for f in files
+                            if PurePosixPath(f).name == "adapter_config.json" and "/" in f)
+    in_weights = tuple(found.weights) + tuple(a + "/" for a in found.adapters)
     for w in found.weights:
         try:
             cfg = json.loads((run_dir / w / "config.json").read_text())
@@ -95,7 +100,11 @@ def discover(run_dir: Path) -> Found:
         low = p.name.lower()
         if p.suffix in (".pt", ".pth", ".safetensors", ".npy") and (
                 p.parts[0] == "vectors" or "dir" in low or _HARMLESS.search(low)):
-            found.directions.append(_describe_direction(run_dir, f))
+            vs = _as_vector_set(run_dir, f)
+            if vs is not None:
+                found.vector_sets.append(vs)
+            else:
+                found.directions.append(_describe_direction(run_dir, f))
         elif p.suffix == ".csv":
             try:
                 cols, _ = read_csv(run_dir / f, f)
@@ -105,7 +114,7 @@ def discover(run_dir: Path) -> Found:
                 found.rankings.append(f)
             elif "task" in cols and ("passed" in cols or "reward" in cols):
                 found.results.append((_arm_id(f), f))
-        elif p.suffix == ".jsonl" and p.parts[0] not in ("results", "notes"):
+        elif p.suffix == ".jsonl" and p.parts[0] not in ("results", "notes", "data"):
             jsonl.append(f)
         elif p.parts[0] == "scripts":
             found.scripts.append(f)
@@ -115,6 +124,8 @@ def discover(run_dir: Path) -> Found:
             found.reports.append(f)
         elif p.suffix in (".npz", ".bin") and (run_dir / f).stat().st_size > 1024 * 1024:
             found.excludes.append(f)
+        elif p.parts[0] == "data" and p.suffix in (".jsonl", ".json", ".csv", ".parquet", ".txt", ".tsv"):
+            found.data.append(f)
     found.summary_file = next((s for s in SUMMARY_ORDER if s in files), None)
     for i in range(0, len(jsonl) - 1, 2):
         la, lb = _pair_labels(jsonl[i], jsonl[i + 1])
@@ -125,6 +136,35 @@ def discover(run_dir: Path) -> Found:
 
 
 _HARMLESS = re.compile(r"harmless|benign|good_mean|mean_good|comply_mean|mean_comply")
+
+
+def _as_vector_set(run_dir: Path, rel: str) -> dict | None:
+    """A ``{member: [n_layers, d]}`` file (member names, not layer numbers, as keys) is a vector set."""
+    from hubkit.formats.vector_sets import read_vector_set
+
+    try:  # the rows' layers are the author's to say: read with placeholder numbers to learn the shape
+        vs = read_vector_set(run_dir / rel, name="draft", display=rel, layers=list(range(_rows(run_dir / rel))))
+    except (HubkitError, ValueError, OSError):
+        return None
+    if len(vs.members) < 2 or all(m.lstrip("layer._L").isdigit() for m in vs.members):
+        return None
+    name = "_".join(PurePosixPath(rel).with_suffix("").parts[-2:]).replace("-", "_")
+    return {"name": name, "file": rel, "members": len(vs.members), "rows": len(vs.layers), "d": vs.d}
+
+
+def _rows(path: Path) -> int:
+    """Rows per member of a ``{member: [n_layers, d]}`` .pt file (0 when it is not one)."""
+    if path.suffix not in (".pt", ".pth"):
+        return 0
+    import torch
+
+    try:
+        obj = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception:  # noqa: BLE001 - not a safe tensor file: the direction reader says why
+        return 0
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) and v.dim() == 2 for v in obj.values()):
+        return int(next(iter(obj.values())).shape[0])
+    return 0
 
 
 def _describe_direction(run_dir: Path, rel: str) -> dict:
@@ -203,6 +243,20 @@ def draft_manifest(run_dir: str | Path) -> tuple[str, list[str]]:
         if not base:
             todo.append("evaluations[0].baseline")
         lines += [f"      - {{id: {q(a)}, per_task: {q(path)}}}" for a, path in f.results]
+    if f.vector_sets:
+        lines.append("vector_sets:")
+        for i, s in enumerate(f.vector_sets):
+            lines += [f"  - name: {q(s['name'])}", f"    file: {q(s['file'])}",
+                      f"    layers: {TODO}                # {s['members']} members × {s['rows']} rows, d={s['d']}: "
+                      "the layer of each row", "    layer_convention: hidden_states"]
+            todo.append(f"vector_sets[{i}].layers")
+        lines.append("# compare: [{before: SET, after: SET}]   # pairs over the same members and layers")
+    if f.adapters:
+        lines.append("adapters:" + "".join(f"\n  - {{name: {q(PurePosixPath(a).name)}, path: {q(a)}}}"
+                                           for a in f.adapters))
+    if f.data:
+        lines.append("data:" + "".join(f"\n  - {{file: {q(d)}, description: {TODO}}}" for d in f.data))
+        todo += [f"data[{i}].description" for i in range(len(f.data))]
     if f.weights:
         lines.append(f"weights: {{path: {q(f.weights[0])}, publish: false}}")
     ablation = [d for d in f.directions if not d["harmless"]]
