@@ -105,3 +105,14 @@ def test_hash_cache_skips_unchanged_files(tmp_path):
     f.write_bytes(b"b" * 1000)  # same size, new mtime: hashed again
     os.utime(f, ns=(old + 10**9, old + 10**9))
     assert cache2.sha256(f) == hashlib.sha256(b"b" * 1000).hexdigest()
+
+
+def test_a_runs_own_readme_is_kept_beside_the_card(tmp_path):
+    from hubkit.publish.commit import stage_run
+
+    run = copy_example("persona-vector", tmp_path)
+    (run / "README.md").write_text("# my notes\n\nThe run's own words.\n")
+    pkg = stage_run(run, tmp_path / "out")
+    assert (tmp_path / "out" / "README.run.md").read_text() == "# my notes\n\nThe run's own words.\n"
+    assert (tmp_path / "out" / "README.md").read_text().startswith("---\n")  # the card
+    assert any("published as README.run.md" in n for n in pkg.notes)

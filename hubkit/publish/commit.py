@@ -183,6 +183,7 @@ def publish(
     history.append(HistoryEntry(new_version, today, summary))
     package = build_package(run, version=new_version, history=history, progress=False, **common)
     _merge_card(package, state, notes)
+    notes += [n for n in package.notes if n.startswith(f"{CARD}: ")]  # the run's own README, kept aside
     check_generated(package.generated() + (dplan.package.generated() if dplan else []),
                     run.manifest.allow_secrets)  # before anything leaves: the card quotes the run
 

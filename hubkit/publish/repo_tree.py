@@ -79,6 +79,9 @@ class Package:
 # --------------------------------------------------------------------------- building
 
 
+RUN_README = "README.run.md"
+
+
 def direction_entries(run: Run) -> list[DirectionRecord]:
     entries = []
     for ds in run.directions:
@@ -142,10 +145,14 @@ def build_package(
 
     files: dict[str, PackageFile] = {}
     run_files = [f for f in run.included_files if f.path not in generated]
+    notes = list(run.notes)
     with cache.batch(sum(f.size for f in run_files), progress) as bar:
         for f in run_files:
             src = run.root / f.path
-            files[f.path] = PackageFile(f.path, f.size, cache.sha256(src, bar), f.kind, source=src)
+            path = RUN_README if f.path == CARD else f.path  # the card takes README.md; the run's text stays
+            if path != f.path:
+                notes.append(f"{CARD}: the run's own README is published as {RUN_README} (the card is {CARD})")
+            files[path] = PackageFile(path, f.size, cache.sha256(src, bar), f.kind, source=src)
     for path, (data, kind) in generated.items():
         files[path] = PackageFile(path, len(data), sha256_bytes(data), kind, data=data)
 
@@ -168,7 +175,7 @@ def build_package(
     meta.set_files([FileRecord(f.path, f.size, f.sha256, f.kind) for f in files.values()])
     blob = meta.to_bytes()
     files[HUBKIT_JSON] = PackageFile(HUBKIT_JSON, len(blob), sha256_bytes(blob), "metadata", data=blob)
-    return Package(files=sorted(files.values(), key=lambda f: f.path), meta=meta, notes=list(run.notes))
+    return Package(files=sorted(files.values(), key=lambda f: f.path), meta=meta, notes=notes)
 
 
 # --------------------------------------------------------------------------- staging
