@@ -404,3 +404,19 @@ def test_recipe_rebuild_section_matches_golden(tmp_path: Path, cache: HashCache,
     assert data.rebuild.weight_plot == "assets/recipe_weights.png" and not data.rebuild.hook_equivalent
     png = build_package(load_run(run), hash_cache=cache).file("assets/recipe_weights.png")
     assert png is not None and png.data.startswith(b"\x89PNG")
+
+
+def test_per_task_result_folders_are_one_row_each(tmp_path: Path, cache: HashCache):
+    """89 tasks × 3 arms of per-task folders must not make a 142 KB card; hubkit.json keeps every file."""
+    run = copy_example("refusal-abliteration", tmp_path)
+    for arm in ("base", "sft", "abl"):
+        for i in range(30):
+            d = run / "results" / f"{arm}_trials" / f"task-{i:02d}"
+            d.mkdir(parents=True)
+            (d / "result.json").write_text(f'{{"task": {i}, "reward": {i % 2}}}')
+    text, _ = _render(run, cache)
+    rows = [ln for ln in text.splitlines() if ln.startswith("| `results/")]
+    assert sum("_trials/`" in ln for ln in rows) == 3
+    assert any("| `results/abl_trials/` |" in ln and "30 files" in ln for ln in rows)
+    pkg = build_package(load_run(run), hash_cache=cache)
+    assert len([f for f in pkg.meta.files if "_trials/" in f.path]) == 90

@@ -544,10 +544,37 @@ def _finite(v: float | None) -> float | None:
     return None if v is None or math.isnan(v) else v
 
 
+GROUP_AT = 12  # a folder with more files than this that the card doesn't describe one by one is one row
+
+
 def _files(run: Run, files: list[FileRecord], rankings: list[RankingView]) -> list[FileView]:
+    """One row per file, except folders of many undescribed files (per-task result folders: 89 tasks × 3 arms
+    made a 142 KB card), which get one row each; hubkit.json still lists every file with its sha256."""
     what = _descriptions(run, rankings)
-    return [FileView(f.path, f.size, f.sha256, f.kind, what.get(f.path) or _KIND_TEXT.get(f.kind, f.kind))
-            for f in files]
+    count: dict[str, int] = {}
+    for f in files:
+        if f.path not in what:
+            parts = f.path.split("/")
+            for i in range(1, len(parts)):
+                folder = "/".join(parts[:i])
+                count[folder] = count.get(folder, 0) + 1
+    grouped = {folder for folder, n in count.items() if n > GROUP_AT}
+    rows: list[FileView] = []
+    seen: set[str] = set()
+    for f in files:
+        # the deepest folder holding many undescribed files: results/abl_trials/, not all of results/
+        folder = next((g for g in sorted(grouped, key=len, reverse=True) if f.path.startswith(g + "/")), None)
+        if folder is None or f.path in what:
+            rows.append(FileView(f.path, f.size, f.sha256, f.kind,
+                                 what.get(f.path) or _KIND_TEXT.get(f.kind, f.kind)))
+        elif folder not in seen:
+            seen.add(folder)
+            inside = [x for x in files if x.path.startswith(folder + "/") and x.path not in what]
+            kinds = sorted({x.kind for x in inside})
+            rows.append(FileView(folder + "/", sum(x.size for x in inside), "", kinds[0] if len(kinds) == 1 else "data",
+                                 f"{len(inside)} files ({', '.join(_KIND_TEXT.get(k, k) for k in kinds)}); each "
+                                 "with its sha256 in hubkit.json"))
+    return rows
 
 
 _KIND_TEXT = {
@@ -650,7 +677,8 @@ def _reproducibility(run: Run, files: list[FileView]) -> Reproducibility:
         authors=list(m.authors),
         compute=m.compute,
         scripts=[f.path for f in files if f.kind == "script"],
-        data_files=[f for f in files if f.kind in DATA_KINDS and f.path not in {d.file for d, _ in run.data_files}],
+        data_files=[f for f in files if f.kind in DATA_KINDS and f.sha256  # folders of many files: hubkit.json
+                    and f.path not in {d.file for d, _ in run.data_files}],
         data=[(h.path, h.md5, h.sha256, d.description) for d, h in run.data_files],
         seeds=list(m.seeds),
         layers_probed=", ".join(sorted({f"{vs.layers} ({vs.layer_convention})" for vs in run.vector_sets.values()}))
