@@ -119,3 +119,14 @@ def test_init_drafts_vector_sets_adapters_and_data_of_a_geometry_run(tmp_path):
     assert 'file: "vectors/method_a/em.pt"' in text and "12 members × 5 rows, d=64" in text
     assert 'path: "adapters/em_lora"' in text and 'file: "data/bad_legal_advice_6k.jsonl"' in text
     assert "vector_sets[0].layers" in todo and "contrast:" not in text
+
+
+def test_init_does_not_take_a_sweeps_table_for_a_ranking(tmp_path):
+    from hubkit.run.init import draft_manifest
+
+    run = tmp_path / "run"
+    (run / "results").mkdir(parents=True)
+    (run / "results" / "sweeps.csv").write_text("layer,alpha,passes,n\n20,2,5,89\n20,4,6,89\n22,4,7,89\n")
+    (run / "results" / "ranking.csv").write_text("layer,auc,margin\n20,0.9,1.2\n22,0.95,1.5\n")
+    text, _ = draft_manifest(run)
+    assert '"results/ranking.csv"' in text and "sweeps.csv" not in text.split("ranking:")[1].split("\n")[1]

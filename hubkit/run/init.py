@@ -107,10 +107,10 @@ def discover(run_dir: Path) -> Found:
                 found.directions.append(_describe_direction(run_dir, f))
         elif p.suffix == ".csv":
             try:
-                cols, _ = read_csv(run_dir / f, f)
+                cols, rows = read_csv(run_dir / f, f)
             except HubkitError:
                 continue
-            if "layer" in cols:
+            if _is_ranking(cols, rows):
                 found.rankings.append(f)
             elif "task" in cols and ("passed" in cols or "reward" in cols):
                 found.results.append((_arm_id(f), f))
@@ -136,6 +136,18 @@ def discover(run_dir: Path) -> Found:
 
 
 _HARMLESS = re.compile(r"harmless|benign|good_mean|mean_good|comply_mean|mean_comply")
+
+
+_SWEEP_COLUMNS = {"alpha", "scale", "strength", "coef", "coefficient", "passes", "n", "pass_rate", "arm"}
+
+
+def _is_ranking(cols: list[str], rows: list[tuple[int, dict[str, str]]]) -> bool:
+    """A per-layer ranking has one row per layer and metric columns; a sweeps table (a layer column, but
+    several rows per layer, or alpha / passes columns) is not one."""
+    if "layer" not in cols or _SWEEP_COLUMNS & set(cols):
+        return False
+    layers = [r.get("layer") for _, r in rows]
+    return len(layers) == len(set(layers)) and len(cols) > 1
 
 
 def _as_vector_set(run_dir: Path, rel: str) -> dict | None:
