@@ -280,19 +280,16 @@ def stats(run_dir: Path | None, arms: tuple, baseline: str | None, alternative: 
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False),
               help="Model folder to write (default: ./<base>-<direction>-abliterated).")
 @click.option("--push-to", help="Publish the folder as this model repo (OWNER/NAME).")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
-              help="cuda: the GPU takes over once torch is imported (seconds); the CPU computes until then. "
-              "Same bytes either way; with many cores cpu is faster (H100 test machine: 5-6 s vs 10 s).")
 @click.option("--verify/--no-verify", default=True, show_default=True,
               help="Exit 1 when shards differ from the recorded sha256s.")
 @click.option("--plan", "plan_only", is_flag=True, help="Print which tensor gets which operation; write nothing.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def regenerate_command(repo_or_dir: str, revision: str | None, base_model: str | None, out: Path | None,
-                       push_to: str | None, device: str, verify: bool, plan_only: bool, no_progress: bool) -> None:
+                       push_to: str | None, verify: bool, plan_only: bool, no_progress: bool) -> None:
     """Rebuild the abliterated weights of REPO_OR_DIR from its published direction and the base model."""
     from hubkit.publish.push import regenerate_and_push
 
-    res = regenerate_and_push(repo_or_dir, revision=revision, base_model=base_model, out=out, device=device, verify=verify,
+    res = regenerate_and_push(repo_or_dir, revision=revision, base_model=base_model, out=out, verify=verify,
                      plan_only=plan_only, push_to=push_to, progress=not no_progress)
     click.echo(res.plan.render() if plan_only else res.summary())
 

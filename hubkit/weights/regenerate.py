@@ -426,7 +426,6 @@ def regenerate(
     revision: str | None = None,
     base_model: str | Path | None = None,
     out: str | Path | None = None,
-    device: str = "cpu",
     verify: bool = True,
     plan_only: bool = False,
     progress: bool = True,
@@ -448,10 +447,7 @@ def regenerate(
         out = Path.cwd() / f"{stem}-{recipe.direction_name}-abliterated"
     out = Path(out)
     with staging_dir(out, overwrite=overwrite) as tmp:
-        result = execute_plan(plan, base.path, tmp, _vectors(recipe, plan), device=device, progress=progress)
-        if device != "cpu":
-            done = ", ".join(f"{n} on {where}" for where, n in sorted(result.devices.items()))
-            notes.append(f"tensors computed: {done} (the CPU computes until the GPU is up; same bytes either way)")
+        result = execute_plan(plan, base.path, tmp, _vectors(recipe, plan), progress=progress)
         for pattern in _COPIED:
             for f in sorted(base.path.glob(pattern)):
                 if f.is_file():
@@ -503,7 +499,6 @@ def record_regeneration(
     source: str | Path | Run,
     base_dir: str | Path,
     *,
-    device: str = "cpu",
     progress: bool = False,
 ) -> dict[str, str]:
     """The sha256 of each shard ``regenerate`` would write, for ``hubkit.json``'s ``regenerate.shards_sha256``.
@@ -512,7 +507,7 @@ def record_regeneration(
     """
     recipe, base, plan = prepare(source, None, base_dir, False)
     return execute_plan(
-        plan, base.path, None, _vectors(recipe, plan), device=device, progress=progress
+        plan, base.path, None, _vectors(recipe, plan), progress=progress
     ).shards_sha256
 
 
