@@ -31,7 +31,9 @@ from hubkit.weights.kernels import (
     accumulate,
     chunk_rows,
     cols_block,
+    cols_coefficient,
     cols_partials,
+    normed_coefficients,
     row_norms,
     rows_block,
     unit_vector,
@@ -58,8 +60,6 @@ HELPERS_MAX = 16
 IN_FLIGHT = 16
 #: the array library of CPU runs: numpy, so that a CPU run never imports torch (on a GPU machine its CUDA build
 #: takes 4-6 s to import, longer than the rest of a warm run); "torch" gives the same bytes (tested)
-#: the array library of CPU runs: numpy, so that a CPU run never imports torch (on a GPU machine its CUDA build
-#: takes 4-6 s to import, longer than the rest of a warm run); "torch" gives the same bytes (tested)
 CPU_LIBRARY = "numpy"
 _PAGE = mmap.PAGESIZE
 
@@ -72,7 +72,6 @@ class TensorCheck:
     dtype: str
     before: float
     after: float
-    device: str = "cpu"  # where it was computed
     #: the edit removes r entirely (weight 1, norm none): ``after`` must be at rounding level. Other edits keep
     #: part of r by design (a weight below 1, row norms restored), so their ``after`` is reported, not judged.
     checked: bool = True
@@ -98,14 +97,6 @@ class ExecutionResult:
     @property
     def all_orthogonal(self) -> bool:
         return all(c.ok for c in self.checks)
-
-    @property
-    def devices(self) -> dict[str, int]:
-        """Tensors computed per device (a CUDA run computes on the CPU until the GPU is ready)."""
-        out: dict[str, int] = {}
-        for c in self.checks:
-            out[c.device] = out.get(c.device, 0) + 1
-        return out
 
 
 class _Stop(Exception):
@@ -282,32 +273,16 @@ def _pwrite_all(fd: int, mm: mmap.mmap, a: int, b: int) -> None:
         pos += os.pwrite(fd, memoryview(mm)[pos : min(b, pos + COPY_BLOCK)], pos)
 
 
-class _Compute:
-    """The kernels the compute streams use for their next tensor: the CPU's, until a GPU's are ready."""
-
-    def __init__(self, cpu: dict[str, Kernels], helpers: ThreadPoolExecutor | None):
-        self.cpu, self.helpers = cpu, helpers
-        self.gpu: dict[str, Kernels] | None = None  # set once by _start_gpu
-
-    def for_op(self, op: TensorOp) -> tuple[Kernels, ThreadPoolExecutor | None]:
-        gpu = self.gpu
-        key = (op.dtype, op.vector)
-        return (gpu[key], None) if gpu is not None else (self.cpu[key], self.helpers)
-
-
-def _start_gpu(compute: _Compute, r64: dict[str, Any], device: str, shared: _Shared) -> None:
-    """Import torch, check the device and hand its kernels to the compute streams (which meanwhile compute on
-    the CPU: the bytes are the same, and torch's CUDA build takes 4-6 s to import on the H100 machine)."""
-    try:
-        device = _resolve_device(device)
-        compute.gpu = {(code, v): TorchKernels(code, r64[v], device, kernels.CUDA_GROUP) for code, v in compute.cpu}
-    except BaseException as e:  # noqa: BLE001 - handed to the main thread
-        shared.fail(e)
+def _cpu_kernels(code: str, r64: Any, library: str) -> Kernels:
+    if library == "torch":
+        return TorchKernels(code, r64)
+    return NumpyKernels(code, r64)
 
 
 def _compute_ops(
     shards: list[_Shard],
-    compute: _Compute,
+    cpu: dict[tuple[str, str], Kernels],
+    helpers: ThreadPoolExecutor | None,
     out: queue.Queue,
     checks: list[TensorCheck],
     shared: _Shared,
@@ -317,7 +292,7 @@ def _compute_ops(
     try:
         for sh in shards:
             for op in sh.ops:
-                k, helpers = compute.for_op(op)
+                k = cpu[(op.dtype, op.vector)]
                 with k.mode():
                     sink = lambda at, buf: _put(out, (at, buf), shared)  # noqa: E731
                     checks.append(_compute_op(op, sh.mm, k, sink, shared, helpers))
@@ -354,20 +329,17 @@ def _compute_op(
 ) -> TensorCheck:
     """Orthogonalize one tensor block by block; each output block is handed on with its byte offset.
 
-    ``k.group`` chunks are computed per block (few on CPU, to stay in cache; many on CUDA, to fill the device);
-    chunk boundaries themselves depend on the shape only, so the bytes don't depend on the group. ``helpers``
-    (CPU, many cores) compute the blocks side by side: with one thread per shard the compute was the critical
-    path on a 16-core machine while most cores idled.
+    ``CPU_GROUP`` chunks are computed per block (cache-sized); chunk boundaries themselves depend on the shape
+    only, so the bytes don't depend on the blocking. ``helpers`` (many cores) compute the blocks side by side:
+    with one thread per shard the compute was the critical path on a 16-core machine while most cores idled.
     """
     t = _tensor_over(mm, op, isinstance(k, TorchKernels))
-    acc = Acc()
     pos = op.begin
     asked = released = op.begin  # read-ahead requested up to here; source pages dropped up to here
 
-    def emit(y: Any) -> None:
+    def emit(buf: memoryview) -> None:
         nonlocal pos, asked, released
         shared.check()
-        buf = k.as_bytes(y)
         sink(pos, buf)
         pos += len(buf)
         if pos - released >= COPY_BLOCK or pos == op.end:  # the source rows behind pos are read for good
@@ -382,53 +354,67 @@ def _compute_op(
     def on_helpers(fn: Any, starts: range) -> Iterator[Any]:
         return _in_order(helpers, fn, starts, k)
 
+    acc = _kernels_op(op, t, k, emit, on_helpers)
+    assert pos == op.end, (op.name, pos, op.end)
+    del t
+    before, after = acc.ratios()
+    return TensorCheck(op.name, op.target, op.dtype, before, after, checked=op.weight == 1.0 and op.norm == "none")
+
+
+def _kernels_op(op: TensorOp, t: Any, k: Kernels, emit: Any, on_helpers: Any) -> Acc:
+    """One tensor through :mod:`hubkit.weights.kernels` (numpy, or torch)."""
+    acc = Acc()
     if op.kind == "rows":
         d = op.shape[-1]
         flat = t.reshape(-1, d)
-        rows = chunk_rows(d) * k.group
+        rows = chunk_rows(d) * kernels.CPU_GROUP
 
         def rows_at(a: int) -> tuple[Any, Acc]:
             sub = Acc()
             return rows_block(k.load(flat[a : a + rows]), k, sub, op.weight), sub
 
         for y, sub in on_helpers(rows_at, range(0, flat.shape[0], rows)):
-            emit(y)
+            emit(k.as_bytes(y))
             acc.add(sub)
-    else:
-        d, m = op.shape[-2], op.shape[-1]
-        step = chunk_rows(m)
-        rows = step * k.group
-        normed = op.norm != "none"
-        for mat in t.reshape(-1, d, m):
+        return acc
 
-            def partials_at(a: int, mat: Any = mat) -> Any:
-                x = k.load(mat[a : a + rows])
-                n_rows = row_norms(x, k) if normed else None  # the rows are whole here: norms in the same pass
-                return cols_partials(x, k.r[a : a + rows], step, k, n_rows), n_rows
+    d, m = op.shape[-2], op.shape[-1]
+    step = chunk_rows(m)
+    rows = step * kernels.CPU_GROUP
+    normed, keep = op.norm != "none", op.norm == "preserve"
+    for mat in t.reshape(-1, d, m):
 
-            s, norms = None, []
-            for part, n_rows in on_helpers(partials_at, range(0, d, rows)):  # pass 1: s = rᵀW in a fixed order
-                s = accumulate(part, s)
-                norms.append(n_rows)
-            assert s is not None
-            acc.before = acc.before + (s * s).sum()
+        def partials_at(a: int, mat: Any = mat) -> Any:
+            x = k.load(mat[a : a + rows])
+            r = k.r[a : a + rows]
+            if not normed:
+                return cols_partials(x, r, step, k), r, None
+            n_rows = row_norms(x, k)  # the rows are whole here: norms in the same pass
+            a_rows, b_rows = normed_coefficients(r, n_rows, k)
+            return cols_partials(x, a_rows, step, k), b_rows, n_rows
 
-            def block_at(a: int, i: int, mat: Any = mat, s: Any = s, norms: list = norms) -> tuple[Any, Acc]:
-                sub = Acc()
-                return cols_block(k.load(mat[a : a + rows]), k.r[a : a + rows], s, k, sub, op.weight, op.norm,
-                                  norms[i]), sub
+        s, coef, norms = None, [], []
+        for part, b_rows, n_rows in on_helpers(partials_at, range(0, d, rows)):  # pass 1: s = aᵀW, fixed order
+            s = accumulate(part, s)
+            coef.append(b_rows)
+            norms.append(n_rows)
+        assert s is not None
+        acc.before = acc.before + (s * s).sum()
+        c = cols_coefficient(s, op.weight, k)
 
-            after_vec: Any = 0.0
-            for y, sub in on_helpers(lambda a, mat=mat: block_at(a, a // rows, mat), range(0, d, rows)):  # pass 2
-                emit(y)
-                after_vec = after_vec + sub.after
-                acc.norm = acc.norm + sub.norm
-            acc.after = acc.after + (after_vec * after_vec).sum()
-    assert pos == op.end, (op.name, pos, op.end)
-    del t
-    before, after = acc.ratios()
-    return TensorCheck(op.name, op.target, op.dtype, before, after, k.where,
-                       checked=op.weight == 1.0 and op.norm == "none")
+        def block_at(a: int, mat: Any = mat, c: Any = c, coef: list = coef, norms: list = norms) -> tuple[Any, Acc]:
+            sub, i = Acc(), a // rows
+            y = cols_block(k.load(mat[a : a + rows]), k.r[a : a + rows], coef[i], c, k, sub,
+                           norms[i] if keep else None)
+            return y, sub
+
+        after_vec: Any = 0.0
+        for y, sub in on_helpers(block_at, range(0, d, rows)):  # pass 2
+            emit(k.as_bytes(y))
+            after_vec = after_vec + sub.after
+            acc.norm = acc.norm + sub.norm
+        acc.after = acc.after + (after_vec * after_vec).sum()
+    return acc
 
 
 def _in_order(helpers: ThreadPoolExecutor | None, fn: Any, starts: range, k: Kernels) -> Iterator[Any]:
@@ -520,27 +506,12 @@ def _tensor_over(mm: mmap.mmap, op: TensorOp, torch_view: bool) -> Any:
     return raw.view(torch_dtype(op.dtype)).reshape(op.shape)
 
 
-def _check_device(device: str) -> str:
-    if not (device == "cpu" or device.startswith("cuda")):
-        raise HubkitError(f"--device {device}: use cpu or cuda")
-    return device
-
-
-def _resolve_device(device: str) -> str:
-    import torch
-
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise HubkitError(f"--device {device}: torch.cuda.is_available() is False on this machine")
-    return device
-
-
 def execute_plan(
     plan: TensorPlan,
     src_dir: str | Path,
     dst_dir: str | Path | None,
     vectors: Any,
     *,
-    device: str = "cpu",
     progress: bool = True,
 ) -> ExecutionResult:
     """Stream every shard of ``src_dir`` into ``dst_dir`` (same names), rewriting the plan's tensors.
@@ -550,18 +521,14 @@ def execute_plan(
     targeted tensors block by block (on helper threads when cores are to spare), a writer writes the computed
     blocks, and a hasher hashes each shard in file order (untouched bytes from the source map, computed blocks
     passed on by the writer). The copiers and hashers start first; ``direction`` may be a callable, called
-    while they already move bytes. CPU runs compute with numpy and never import torch; with ``device="cuda"``
-    the compute starts on the CPU all the same and moves to the GPU, tensor by tensor, once torch is imported
-    and the device is up (the bytes are the same either way; :attr:`ExecutionResult.devices` says which did
-    what). ``dst_dir=None`` only hashes (what ``publish --record-regeneration`` needs). Shards are fsynced at
-    the end; the caller makes ``dst_dir`` appear atomically (see :func:`staging_dir`).
+    while they already move bytes. The compute runs numpy and never imports torch. ``dst_dir=None`` only
+    hashes (what ``publish --record-regeneration`` needs). Shards are fsynced at the end; the caller makes
+    ``dst_dir`` appear atomically (see :func:`staging_dir`).
     """
     from tqdm.auto import tqdm
 
-    device = _check_device(device)
     src_dir = Path(src_dir)
     dst = None if dst_dir is None else Path(dst_dir)
-    group = kernels.CPU_GROUP if device == "cpu" else max(kernels.CPU_GROUP, kernels.CUDA_GROUP)  # the largest blocks, for the queues
     bar = tqdm(
         total=plan.total_bytes,
         unit="B",
@@ -586,7 +553,7 @@ def execute_plan(
     try:
         for info in plan.shards:
             shards.append(_Shard(info, plan.ops_in(info.name), src_dir, dst))
-        depth = max(4, QUEUE_BYTES // (2 * kernels.CHUNK_ELEMS * group))
+        depth = max(4, QUEUE_BYTES // (2 * kernels.CHUNK_ELEMS * kernels.CPU_GROUP))
         parts = [(part, queue.Queue(maxsize=depth), queue.Queue(maxsize=depth))
                  for part in _partition(shards, parallel_pipelines())]
         flusher.start()
@@ -595,6 +562,7 @@ def execute_plan(
                 start(_copy_stream, part)
             start(_hash_into, part, to_hash, hashes)
 
+        library = CPU_LIBRARY
         given = vectors() if callable(vectors) else vectors
         if not isinstance(given, dict):  # one direction for every op (the seed recipe's form)
             given = {op.vector: given for op in plan.ops}
@@ -606,24 +574,19 @@ def execute_plan(
         missing = sorted({op.vector for op in plan.ops} - set(r64))
         if missing:
             raise HubkitError(f"the plan needs vector(s) {', '.join(missing)}, which the recipe did not give")
-        if CPU_LIBRARY == "torch":
+        if library == "torch":
             import torch
 
             # One intra-op thread: the chunks are cache-sized, where OpenMP fan-out costs more than it gives
             # (and collapses on a busy machine); the other streams use the other cores.
             threads_before = torch.get_num_threads()
             torch.set_num_threads(1)
-        cpu: dict[str, Kernels] = {
-            (code, v): TorchKernels(code, r64[v]) if CPU_LIBRARY == "torch" else NumpyKernels(code, r64[v])
-            for code, v in {(op.dtype, op.vector) for op in plan.ops}
-        }
+        cpu = {(code, v): _cpu_kernels(code, r64[v], library)
+               for code, v in {(op.dtype, op.vector) for op in plan.ops}}
         n_helpers = compute_helpers()
         helpers = ThreadPoolExecutor(n_helpers, thread_name_prefix="hubkit-blocks") if n_helpers > 1 else None
-        compute = _Compute(cpu, helpers)
-        if device != "cpu":
-            start(_start_gpu, compute, r64, device)
         for part, to_hash, computed in parts:
-            start(_compute_ops, part, compute, to_hash if dst is None else computed, checks)
+            start(_compute_ops, part, cpu, helpers, to_hash if dst is None else computed, checks)
             if dst is not None:
                 start(_write_stream, part, computed, to_hash)
         while any(w.is_alive() for w in workers):  # a timed join, so Ctrl-C reaches this thread
@@ -704,7 +667,6 @@ def abliterate_checkpoint(
     direction: Any,
     targets: Iterable[str] = DEFAULT_TARGETS,
     *,
-    device: str = "cpu",
     progress: bool = True,
     copy_files: Iterable[str] = (),
 ) -> tuple[TensorPlan, ExecutionResult]:
@@ -715,7 +677,7 @@ def abliterate_checkpoint(
     src_dir = Path(src_dir)
     plan = plan_checkpoint(src_dir, targets)
     with staging_dir(out_dir) as tmp:
-        result = execute_plan(plan, src_dir, tmp, direction, device=device, progress=progress)
+        result = execute_plan(plan, src_dir, tmp, direction, progress=progress)
         for name in (INDEX_NAME, *copy_files):
             if (src_dir / name).is_file():
                 shutil.copyfile(src_dir / name, tmp / name)

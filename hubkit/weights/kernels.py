@@ -1,8 +1,23 @@
-"""The edit arithmetic, written once against a small array vocabulary (:class:`Kernels`) that numpy (CPU)
-and torch (CUDA) both implement, with fixed-order reductions so every library and device gives the same bytes.
+"""The edit arithmetic, written once against a small array vocabulary (:class:`Kernels`) that numpy and torch
+both implement, with fixed-order reductions so every library gives the same bytes.
 
 16-bit tensors are computed in float32 (exact upcast), 32/64-bit ones in float64; the cast back rounds to
-nearest-even; r is normalized with an exactly rounded norm (``math.fsum``)."""
+nearest-even; r is normalized with an exactly rounded norm (``math.fsum``).
+
+The order, which defines the bytes (every step one IEEE op in the compute dtype; ``tree`` is :func:`tree_sum`,
+w is rounded to the compute dtype first, sqrt is correctly rounded):
+
+* ``rows`` (x [n, d], unit r [d]; the embedding, an untied lm_head, biases): s_i = tree_j(x_ij r_j),
+  c_i = s_i w (skipped when w = 1), y_ij = x_ij − c_i r_j.
+* ``cols`` (W [d, m]; attention out, MLP down): s_j = the in-order sum over chunks of ``chunk_rows(m)`` rows of
+  tree_i(W_ij a_i), c_j = s_j w (skipped when w = 1), y_ij = W_ij − b_i c_j, with
+
+  - norm ``none``: a = b = r;
+  - ``pre``: n_i = sqrt(tree_j W_ij²), a_i = r_i / n_i (0 when n_i = 0), b_i = n_i r_i;
+  - ``preserve``: as ``pre``, then M = W − b cᵀ (not rounded), q_i = sqrt(tree_j M_ij²), g_i = n_i / q_i
+    (1 when q_i = 0), y = M g: Ŵ − w r rᵀŴ with each row put back at its norm n_i (M = n ⊙ that), and a zero
+    row stays zero.
+"""
 
 from __future__ import annotations
 
@@ -20,11 +35,9 @@ if TYPE_CHECKING:
 #: elements per compute chunk. Part of the output's definition (the cross-chunk summation order of ``cols``
 #: ops depends on it), so it is a constant, the same on every device.
 CHUNK_ELEMS = 1 << 16
-#: compute chunks per block: on CPU 16 (1M elements: few enough Python-level calls that the streams' threads
-#: don't queue for the GIL; 2 was 30 % slower on a 16-core machine), on CUDA 64 (4M elements, enough to keep
-#: the device busy); the bytes are the same as one chunk at a time
+#: compute chunks per block (1M elements: few enough Python-level calls that the streams' threads don't queue
+#: for the GIL; 2 was 30 % slower on a 16-core machine); the bytes are the same as one chunk at a time
 CPU_GROUP = 16
-CUDA_GROUP = 64
 
 
 def compute_dtype(code: str) -> torch.dtype:
@@ -41,8 +54,6 @@ class Kernels:
     """
 
     r: Any
-    where = "cpu"  # the device the arithmetic runs on
-    group = 1  # compute chunks per block: few on CPU (cache-sized), many on CUDA (to fill the device)
 
     def up(self, x: Any) -> Any:  # storage → compute dtype (exact)
         raise NotImplementedError
@@ -56,13 +67,16 @@ class Kernels:
     def matvec(self, a: Any, b: Any) -> Any:  # a @ b with a vector, for the checks only
         return a @ b
 
-    def sqrt(self, x: Any) -> Any:  # correctly rounded in IEEE, so the same on every library and device
-        return x.sqrt()
+    def sqrt(self, x: Any) -> Any:  # must be correctly rounded (IEEE), so the same on every library
+        raise NotImplementedError
 
     def select(self, cond: Any, a: Any, b: Any) -> Any:
         raise NotImplementedError
 
-    def load(self, x: Any) -> Any:  # a block of the memory-mapped tensor, onto the compute device
+    def scalar(self, v: float) -> Any:  # v rounded to the compute dtype
+        raise NotImplementedError
+
+    def load(self, x: Any) -> Any:  # a block of the memory-mapped tensor, ready to compute on
         return x
 
     def as_bytes(self, y: Any) -> memoryview:
@@ -80,7 +94,7 @@ class NumpyKernels(Kernels):
     def __init__(self, code: str, r64: Any):
         import numpy as np
 
-        self.np, self.code, self.group = np, code, CPU_GROUP
+        self.np, self.code = np, code
         self.storage = NP_DTYPES[code]
         self.r = r64.astype(np.float32 if code in ("BF16", "F16") else np.float64)
 
@@ -113,6 +127,9 @@ class NumpyKernels(Kernels):
     def select(self, cond: Any, a: Any, b: Any) -> Any:
         return self.np.where(cond, a, b).astype(self.r.dtype)
 
+    def scalar(self, v: float) -> Any:
+        return self.r.dtype.type(v)
+
     def matvec(self, a: Any, b: Any) -> Any:
         # einsum's own loop: numpy's BLAS would start a thread per core for each block (on a 16-core machine
         # that made a CPU run 3x slower, 278 s of CPU time spinning)
@@ -122,29 +139,44 @@ class NumpyKernels(Kernels):
         return memoryview(self.np.ascontiguousarray(y)).cast("B")
 
 
-
 class TorchKernels(Kernels):
-    """torch arithmetic on ``device`` (CUDA, or the CPU for :func:`orthogonalize` on tensors)."""
+    """torch arithmetic on ``device`` (the CPU, or the tensor's device for :func:`orthogonalize`)."""
 
-    def __init__(self, code: str, r64: Any, device: str = "cpu", group: int | None = None):
+    def __init__(self, code: str, r64: Any, device: str = "cpu"):
         import torch
 
         self.torch = torch
-        self.storage, self.device, self.where = torch_dtype(code), device, device
-        self.group = group or CPU_GROUP
+        self.storage, self.device = torch_dtype(code), device
         self.r = torch.from_numpy(r64).to(compute_dtype(code)).to(device)
 
     def up(self, x: Any) -> Any:
         return x.to(self.r.dtype)
 
     def down(self, y: Any) -> Any:
-        return y.to(self.storage)
+        out = y.to(self.storage)
+        if self.storage == self.torch.bfloat16:  # torch's CPU cast keeps a NaN's sign and payload (0xFFFF)
+            nan = y.isnan()
+            if bool(nan.any()):
+                out[nan] = float("nan")  # 0x7FC0, as numpy's and the fused kernels' cast
+        return out
 
     def cat(self, parts: list[Any], axis: int) -> Any:
         return self.torch.cat(parts, axis)
 
+    def sqrt(self, x: Any) -> Any:
+        # torch's CPU sqrt is not correctly rounded (torch 2.13: 0.6-0.7 % of float32 and float64 inputs are one
+        # ulp off, a vectorized approximation); numpy's is, as is CUDA's default sqrt. The norm vectors are short.
+        if x.device.type != "cpu":
+            return x.sqrt()
+        import numpy as np
+
+        return self.torch.from_numpy(np.sqrt(x.contiguous().numpy()))
+
     def select(self, cond: Any, a: Any, b: Any) -> Any:
         return self.torch.where(cond, a, b).to(self.r.dtype)
+
+    def scalar(self, v: float) -> Any:
+        return self.torch.tensor(v, dtype=self.r.dtype, device=self.r.device)
 
     def load(self, x: Any) -> Any:
         return x.to(self.device)
@@ -200,10 +232,12 @@ class Acc:
 
 def rows_block(x: Any, k: Kernels, acc: Acc | None = None, w: float = 1.0) -> Any:
     """``x − w (x r) rᵀ`` for rows ``x [n, d]`` (storage dtype); each row is independent, so any blocking
-    gives the same bytes. (``w = 1`` skips the multiply: the seed recipe's bytes, as ever.)"""
+    gives the same bytes. w multiplies the coefficient after the reduction (``w = 1`` skips the multiply: the
+    seed recipe's bytes, as ever)."""
     xc = k.up(x)
     s = tree_sum(xc * k.r, 1, k)
-    y = k.down(xc - (s if w == 1.0 else s * w)[:, None] * k.r)
+    c = s if w == 1.0 else s * k.scalar(w)
+    y = k.down(xc - c[:, None] * k.r)
     if acc is not None:
         yc = k.up(y)
         acc.before = acc.before + (s * s).sum()
@@ -213,24 +247,29 @@ def rows_block(x: Any, k: Kernels, acc: Acc | None = None, w: float = 1.0) -> An
 
 
 def row_norms(x: Any, k: Kernels) -> Any:
-    """‖W_i‖ of each row of a block ``[n, m]`` (fixed-order sum, correctly rounded sqrt); a zero row's norm is
-    replaced by 1, so dividing by it keeps the row zero (heretic's ``F.normalize`` does the same)."""
+    """n_i = ‖W_i‖ of each row of a block ``[n, m]``: sqrt(tree_j W_ij²), correctly rounded sqrt (0 for a zero
+    row)."""
     xc = k.up(x)
-    n = k.sqrt(tree_sum(xc * xc, 1, k))
-    return k.select(n == 0, 1.0, n)
+    return k.sqrt(tree_sum(xc * xc, 1, k))
 
 
-def cols_partials(x: Any, r_rows: Any, step: int, k: Kernels, n_rows: Any = None) -> Any:
-    """Per-chunk partial sums of rᵀW over consecutive ``step``-row chunks of ``x [n, m]``: ``[ceil(n/step), m]``.
+def normed_coefficients(r_rows: Any, n_rows: Any, k: Kernels) -> tuple[Any, Any]:
+    """``(a, b)`` of the ``pre`` / ``preserve`` modes for the rows' norms n: a_i = r_i / n_i (0 where n_i = 0:
+    a zero row adds nothing to s), the weights of the reduction s = aᵀW = rᵀŴ; b_i = n_i r_i, the rows'
+    coefficients of the update W − b cᵀ."""
+    zero = n_rows == 0
+    a = k.select(zero, 0.0, r_rows / k.select(zero, 1.0, n_rows))
+    return a, n_rows * r_rows
 
-    With ``n_rows`` (the rows' norms: the ``pre`` / ``preserve`` modes) the sums are of rᵀŴ, Ŵ = W / n row-wise.
-    A block holding several chunks (the GPU path) gives bit-for-bit the partials of one chunk at a time.
+
+def cols_partials(x: Any, a_rows: Any, step: int, k: Kernels) -> Any:
+    """Per-chunk partial sums of aᵀW over consecutive ``step``-row chunks of ``x [n, m]``: ``[ceil(n/step), m]``.
+
+    ``a_rows``: the rows' weights (r, or r / n for the row-norm modes: :func:`normed_coefficients`). A block
+    holding several chunks gives bit-for-bit the partials of one chunk at a time.
     """
     n, m = x.shape
-    xc = k.up(x)
-    if n_rows is not None:
-        xc = xc / n_rows[:, None]
-    prod = xc * r_rows[:, None]
+    prod = k.up(x) * a_rows[:, None]
     full = n - n % step
     parts = []
     if full:
@@ -240,25 +279,23 @@ def cols_partials(x: Any, r_rows: Any, step: int, k: Kernels, n_rows: Any = None
     return parts[0] if len(parts) == 1 else k.cat(parts, 0)
 
 
-def cols_block(x: Any, r_rows: Any, s: Any, k: Kernels, acc: Acc | None = None, w: float = 1.0,
-               norm: str = "none", n_rows: Any = None) -> Any:
-    """A block of rows of a ``[d, in]`` writer, rewritten and cast back to the storage dtype:
+def cols_coefficient(s: Any, w: float, k: Kernels) -> Any:
+    """c = s w, the columns' coefficients of the update (s itself when w = 1)."""
+    return s if w == 1.0 else s * k.scalar(w)
 
-    * ``none``: ``W − w r s`` with ``s = rᵀW`` of the whole matrix;
-    * ``pre``: ``W − w (n ⊙ r) s`` with ``s = rᵀŴ``, n the rows' norms;
-    * ``preserve``: ``M = Ŵ − w r s``, each row of M rescaled to its original norm ``n_i`` (exactly).
-    """
-    xc = k.up(x)
-    coef = r_rows if w == 1.0 else r_rows * w
-    if norm == "none":
-        yc = xc - coef[:, None] * s[None, :]
-    elif norm == "pre":
-        yc = xc - (n_rows * coef)[:, None] * s[None, :]
-    else:
-        mat = xc / n_rows[:, None] - coef[:, None] * s[None, :]
-        mn = k.sqrt(tree_sum(mat * mat, 1, k))
-        yc = mat * (n_rows / k.select(mn == 0, 1.0, mn))[:, None]
-    y = k.down(yc)
+
+def cols_block(x: Any, r_rows: Any, b_rows: Any, c: Any, k: Kernels, acc: Acc | None = None,
+               target: Any = None) -> Any:
+    """A block of rows of a ``[d, m]`` writer, rewritten and cast back to the storage dtype: ``W − b cᵀ``
+    (b = r for norm ``none``, n r for ``pre``); with ``target`` (the rows' norms n: ``preserve``) each row of
+    M = W − b cᵀ is rescaled to its norm n_i. ``acc`` gets ‖rᵀW'‖ (``r_rows``: the rows' entries of r) and
+    ‖W'‖ of the rounded output."""
+    mat = k.up(x) - b_rows[:, None] * c[None, :]
+    if target is not None:
+        q = k.sqrt(tree_sum(mat * mat, 1, k))
+        zero = q == 0
+        mat = mat * k.select(zero, 1.0, target / k.select(zero, 1.0, q))[:, None]
+    y = k.down(mat)
     if acc is not None:
         yc = k.up(y)
         acc.after = acc.after + k.matvec(r_rows, yc)  # a vector [m], squared when the matrix is done
@@ -268,7 +305,6 @@ def cols_block(x: Any, r_rows: Any, s: Any, k: Kernels, acc: Acc | None = None, 
 
 def chunk_rows(width: int) -> int:
     return max(1, CHUNK_ELEMS // max(width, 1))
-
 
 
 def accumulate(partials: Any, s: Any) -> Any:
@@ -293,6 +329,4 @@ def unit_vector(r: Any) -> Any:
         raise HubkitError("direction: zero or non-finite vector, can't orthogonalize against it")
     return r64 / norm
 
-
-# ====================================================================== streaming executor
 

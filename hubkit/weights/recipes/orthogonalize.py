@@ -15,6 +15,7 @@ from hubkit.weights.kernels import (
     accumulate,
     chunk_rows,
     cols_block,
+    cols_coefficient,
     cols_partials,
     rows_block,
     unit_vector,
@@ -43,7 +44,7 @@ def orthogonalize(weight: torch.Tensor, r: Any, kind: str, w: float = 1.0) -> to
     out = []
     for mat in weight.reshape(-1, d, m):
         s = accumulate(cols_partials(mat, k.r, chunk_rows(m), k), None)
-        out.append(cols_block(mat, k.r, s, k, w=w))
+        out.append(cols_block(mat, k.r, k.r, cols_coefficient(s, w, k), k))
     return torch.stack(out).reshape(weight.shape)
 
 
