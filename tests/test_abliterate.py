@@ -413,9 +413,10 @@ def test_deterministic_and_blocking_invariant(
     assert helped.shards_sha256 == one
     assert [(c.name, c.before, c.after) for c in helped.checks] == [(c.name, c.before, c.after) for c in single.checks]
     assert all(c.ok for c in helped.checks)
-    monkeypatch.setattr(ab, "CPU_LIBRARY", "torch")  # the CPU run computed with torch instead of numpy
-    assert ab.execute_plan(sharded, ckpts["qwen3_5"], None, r, progress=False).shards_sha256 == one
-    monkeypatch.setattr(ab, "CPU_LIBRARY", "numpy")
+    for library in ("numpy", "torch"):  # the reference kernels, on numpy and on torch, helped or not
+        monkeypatch.setattr(ab, "CPU_LIBRARY", library)
+        assert ab.execute_plan(sharded, ckpts["qwen3_5"], None, r, progress=False).shards_sha256 == one
+    monkeypatch.setattr(ab, "CPU_LIBRARY", "fused")
 
     # the streamed bytes are exactly orthogonalize() of each tensor
     from safetensors.torch import load_file
@@ -529,7 +530,7 @@ def test_interrupted_write_leaves_nothing(
 
 
 def test_untouched_bytes_move_before_the_direction_is_loaded(ckpts: dict[str, Path], tmp_path: Path) -> None:
-    """The copier starts before the direction is needed: a loader that waits for the copy."""
+    """The copier starts before the direction (and numba) is needed: a loader that waits for the copy."""
     src = ckpts["llama"]
     plan = wplan.plan_checkpoint(src)
     shards, tensors = stio.read_index(src)
@@ -564,11 +565,15 @@ def test_a_failing_direction_loader_leaves_nothing(ckpts: dict[str, Path], tmp_p
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("library", ["fused", "numpy"])
 def test_a_failing_helper_thread_stops_the_run_and_leaves_nothing(
-    ckpts: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    library: str, ckpts: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A block computed on a helper thread raises: the error reaches the caller, no folder is left."""
-    real, calls = kernels.cols_block, []
+    from hubkit.weights import fused
+
+    module, name = (fused, "cols_update") if library == "fused" else (ab, "cols_block")
+    real, calls = getattr(module, name), []
 
     def dies(*args, **kwargs):
         calls.append(threading.current_thread().name)
@@ -576,9 +581,10 @@ def test_a_failing_helper_thread_stops_the_run_and_leaves_nothing(
             raise FloatingPointError("block 5 failed")
         return real(*args, **kwargs)
 
+    monkeypatch.setattr(ab, "CPU_LIBRARY", library)
     monkeypatch.setattr(ab, "compute_helpers", lambda: 3)
     monkeypatch.setattr(kernels, "CPU_GROUP", 1)
-    monkeypatch.setattr(ab, "cols_block", dies)
+    monkeypatch.setattr(module, name, dies)
     with pytest.raises(FloatingPointError, match="block 5 failed"):
         ab.abliterate_checkpoint(ckpts["qwen3_5"], tmp_path / "out", _r(), progress=False)
     assert all(name.startswith("hubkit-blocks") for name in calls)

@@ -14,6 +14,7 @@ import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -41,7 +42,7 @@ from hubkit.weights.kernels import (
 from hubkit.weights.plan import TensorOp, TensorPlan, plan_checkpoint
 
 if TYPE_CHECKING:
-    pass
+    from types import ModuleType
 
 #: largest piece of untouched bytes handed to the writer at once
 COPY_BLOCK = 64 << 20
@@ -58,9 +59,13 @@ FLUSH_BYTES = 64 << 20
 #: at most IN_FLIGHT blocks of one tensor are out on them at once
 HELPERS_MAX = 16
 IN_FLIGHT = 16
-#: the array library of CPU runs: numpy, so that a CPU run never imports torch (on a GPU machine its CUDA build
-#: takes 4-6 s to import, longer than the rest of a warm run); "torch" gives the same bytes (tested)
-CPU_LIBRARY = "numpy"
+#: the arithmetic: "fused", the numba kernels of :mod:`hubkit.weights.fused` (8-20x numpy's throughput, the
+#: same bytes); "numpy", the whole-array kernels of :mod:`hubkit.weights.kernels` (the reference, and the
+#: fallback when numba can't be imported); "torch", the same kernels on torch (tests). Never torch by default:
+#: a GPU machine's CUDA build takes 4-6 s to import, longer than the rest of a warm run.
+CPU_LIBRARY = "fused"
+#: free output blocks kept for reuse, at most (see :class:`_Blocks`)
+SPARE_BYTES = 256 << 20
 _PAGE = mmap.PAGESIZE
 
 @dataclass
@@ -202,11 +207,11 @@ def _write_stream(shards: list[_Shard], computed: queue.Queue, to_hash: queue.Qu
             for op in sh.ops:
                 pos = op.begin
                 while pos < op.end:
-                    at, buf = _get(computed, shared)
+                    at, buf, done = _get(computed, shared)
                     assert at == pos, (op.name, at, pos)
                     _pwrite_buf(sh.dst, buf, at)
                     shared.bar.update(len(buf))
-                    _put(to_hash, (at, buf), shared)
+                    _put(to_hash, (at, buf, done), shared)
                     out.wrote(pos, pos + len(buf))
                     pos += len(buf)
             out.done()
@@ -273,7 +278,64 @@ def _pwrite_all(fd: int, mm: mmap.mmap, a: int, b: int) -> None:
         pos += os.pwrite(fd, memoryview(mm)[pos : min(b, pos + COPY_BLOCK)], pos)
 
 
-def _cpu_kernels(code: str, r64: Any, library: str) -> Kernels:
+class _FusedKernels:
+    """The fused (numba) kernels for one storage dtype and one direction: ``u`` is the unit direction in the
+    compute dtype. They write into output blocks from ``blocks``, reused once hashed."""
+
+    def __init__(self, fused: ModuleType, code: str, r64: Any, blocks: _Blocks):
+        self.fused, self.code, self.blocks = fused, code, blocks
+        self.u = r64.astype(fused.compute_dtype(NP_DTYPES[code]))
+
+    def mode(self) -> Any:
+        return nullcontext()
+
+
+class _Blocks:
+    """Output blocks of the fused kernels, handed back by the hasher once hashed and reused: a fresh array per
+    block would fault in fresh pages for every block written (a page fault per 4 KiB, at these speeds a cost
+    of the order of the compute itself). Sizes are rounded up to MiB, so that a tensor's blocks share one size;
+    at most SPARE_BYTES of free blocks are kept."""
+
+    def __init__(self) -> None:
+        self._free: dict[int, list[Any]] = {}
+        self._spare = 0
+        self._lock = threading.Lock()
+
+    def take(self, nbytes: int, dtype: Any, shape: tuple[int, ...]) -> tuple[Any, Any]:
+        """``(array, done)``: an uninitialized array of ``shape`` over a pooled buffer, and the call that gives
+        the buffer back."""
+        import numpy as np
+
+        size = -(-max(nbytes, 1) // (1 << 20)) << 20
+        with self._lock:
+            free = self._free.get(size)
+            raw = free.pop() if free else None
+            if raw is not None:
+                self._spare -= size
+        if raw is None:
+            raw = np.empty(size, np.uint8)
+        return raw[:nbytes].view(dtype).reshape(shape), lambda: self._give(raw)
+
+    def _give(self, raw: Any) -> None:
+        with self._lock:
+            if self._spare + raw.nbytes <= SPARE_BYTES:
+                self._free.setdefault(raw.nbytes, []).append(raw)
+                self._spare += raw.nbytes
+
+
+def _load_fused() -> ModuleType | None:
+    """:mod:`hubkit.weights.fused`, or None when numba can't be imported (the numpy kernels then compute: the
+    same bytes, 8-20x slower)."""
+    try:
+        from hubkit.weights import fused
+    except ImportError:
+        return None
+    return fused
+
+
+def _cpu_kernels(code: str, r64: Any, library: str, fused: ModuleType | None, blocks: _Blocks) -> Any:
+    if library == "fused" and fused is not None:
+        return _FusedKernels(fused, code, r64, blocks)
     if library == "torch":
         return TorchKernels(code, r64)
     return NumpyKernels(code, r64)
@@ -281,7 +343,7 @@ def _cpu_kernels(code: str, r64: Any, library: str) -> Kernels:
 
 def _compute_ops(
     shards: list[_Shard],
-    cpu: dict[tuple[str, str], Kernels],
+    cpu: dict[tuple[str, str], Any],
     helpers: ThreadPoolExecutor | None,
     out: queue.Queue,
     checks: list[TensorCheck],
@@ -294,7 +356,7 @@ def _compute_ops(
             for op in sh.ops:
                 k = cpu[(op.dtype, op.vector)]
                 with k.mode():
-                    sink = lambda at, buf: _put(out, (at, buf), shared)  # noqa: E731
+                    sink = lambda at, buf, done: _put(out, (at, buf, done), shared)  # noqa: E731
                     checks.append(_compute_op(op, sh.mm, k, sink, shared, helpers))
     except BaseException as e:  # noqa: BLE001 - handed to the main thread
         shared.fail(e)
@@ -322,7 +384,7 @@ def _put(q: queue.Queue, item: Any, shared: _Shared) -> None:
 def _compute_op(
     op: TensorOp,
     mm: mmap.mmap,
-    k: Kernels,
+    k: Any,
     sink: Any,
     shared: _Shared,
     helpers: ThreadPoolExecutor | None = None,
@@ -337,10 +399,10 @@ def _compute_op(
     pos = op.begin
     asked = released = op.begin  # read-ahead requested up to here; source pages dropped up to here
 
-    def emit(buf: memoryview) -> None:
+    def emit(buf: memoryview, done: Any = None) -> None:
         nonlocal pos, asked, released
         shared.check()
-        sink(pos, buf)
+        sink(pos, buf, done)
         pos += len(buf)
         if pos - released >= COPY_BLOCK or pos == op.end:  # the source rows behind pos are read for good
             _advise(mm, mmap.MADV_DONTNEED, released, pos)
@@ -354,15 +416,89 @@ def _compute_op(
     def on_helpers(fn: Any, starts: range) -> Iterator[Any]:
         return _in_order(helpers, fn, starts, k)
 
-    acc = _kernels_op(op, t, k, emit, on_helpers)
+    if isinstance(k, _FusedKernels):
+        acc = _fused_op(op, t, k, emit, on_helpers, helpers is not None)
+    else:
+        acc = _kernels_op(op, t, k, emit, on_helpers)
     assert pos == op.end, (op.name, pos, op.end)
     del t
     before, after = acc.ratios()
     return TensorCheck(op.name, op.target, op.dtype, before, after, checked=op.weight == 1.0 and op.norm == "none")
 
 
+def _fused_op(op: TensorOp, t: Any, k: _FusedKernels, emit: Any, on_helpers: Any, helped: bool) -> Acc:
+    """One tensor through :mod:`hubkit.weights.fused`: each block's output is written into a pooled buffer, and
+    its checks into float64 sums of its own (added in block order: the same totals with or without helpers)."""
+    import numpy as np
+
+    fz, u, blocks = k.fused, k.u, k.blocks
+    acc = Acc()
+    if op.kind == "rows":
+        d = op.shape[-1]
+        flat = t.reshape(-1, d)
+        rows = chunk_rows(d) * kernels.CPU_GROUP
+
+        def rows_at(a: int) -> tuple[Any, Any, Any]:
+            x = flat[a : a + rows]
+            y, done = blocks.take(x.nbytes, x.dtype, x.shape)
+            sums = np.zeros(3)
+            fz.rows(x, u, y, w=op.weight, acc=sums)
+            return y, done, sums
+
+        for y, done, sums in on_helpers(rows_at, range(0, flat.shape[0], rows)):
+            emit(memoryview(y).cast("B"), done)
+            acc.before += sums[0]
+            acc.after += sums[1]
+            acc.norm += sums[2]
+        return acc
+
+    d, m = op.shape[-2], op.shape[-1]
+    step = chunk_rows(m)
+    rows = step * kernels.CPU_GROUP
+    ct = fz.compute_dtype(t.dtype)
+    for mat in t.reshape(-1, d, m):
+        s = fz.new_sum(m, mat.dtype)
+        norms = np.empty(d, ct) if op.norm != "none" else None
+
+        def norms_at(a: int, norms: Any = norms) -> Any:
+            return None if norms is None else norms[a : a + rows]
+
+        if not helped:  # pass 1: s = aᵀW in the fixed order, block after block
+            for a in range(0, d, rows):
+                fz.cols_reduce(mat[a : a + rows], u[a : a + rows], step, s, norms=norms_at(a))
+        else:  # the blocks' chunk partials side by side, summed in order: the same bytes
+
+            def partials_at(a: int, mat: Any = mat, norms_at: Any = norms_at) -> Any:
+                return fz.cols_partials(mat[a : a + rows], u[a : a + rows], step, norms=norms_at(a))
+
+            for part in on_helpers(partials_at, range(0, d, rows)):
+                fz.add_partials(part, s)
+        b, c = fz.coefficients(u, s, op.weight, op.norm, norms)
+        with np.errstate(over="ignore", invalid="ignore"):
+            s64 = s.astype(np.float64)
+            acc.before += float((s64 * s64).sum())
+        keep = norms if op.norm == "preserve" else None
+
+        def block_at(a: int, mat: Any = mat, b: Any = b, c: Any = c, keep: Any = keep) -> tuple[Any, Any, Any, Any]:
+            x = mat[a : a + rows]
+            y, done = blocks.take(x.nbytes, x.dtype, x.shape)
+            after, nrm = np.zeros(m), np.zeros(1)
+            fz.cols_update(x, b[a : a + rows], c, y, target=None if keep is None else keep[a : a + rows],
+                           weights=u[a : a + rows], after=after, norm=nrm)
+            return y, done, after, nrm
+
+        after_vec = np.zeros(m)
+        for y, done, after, nrm in on_helpers(block_at, range(0, d, rows)):  # pass 2: rows independent
+            emit(memoryview(y).cast("B"), done)
+            after_vec += after
+            acc.norm += float(nrm[0])
+        with np.errstate(over="ignore", invalid="ignore"):
+            acc.after += float((after_vec * after_vec).sum())
+    return acc
+
+
 def _kernels_op(op: TensorOp, t: Any, k: Kernels, emit: Any, on_helpers: Any) -> Acc:
-    """One tensor through :mod:`hubkit.weights.kernels` (numpy, or torch)."""
+    """One tensor through :mod:`hubkit.weights.kernels` (numpy, or torch): the reference, and the fallback."""
     acc = Acc()
     if op.kind == "rows":
         d = op.shape[-1]
@@ -417,7 +553,7 @@ def _kernels_op(op: TensorOp, t: Any, k: Kernels, emit: Any, on_helpers: Any) ->
     return acc
 
 
-def _in_order(helpers: ThreadPoolExecutor | None, fn: Any, starts: range, k: Kernels) -> Iterator[Any]:
+def _in_order(helpers: ThreadPoolExecutor | None, fn: Any, starts: range, k: Any) -> Iterator[Any]:
     """``fn(a)`` for each block start, in order: on the helper threads when there are some (blocks are
     independent, so the results are the ones one thread would give; a bounded number is in flight)."""
     if helpers is None:
@@ -461,10 +597,12 @@ def _hash_stream(shards: list[_Shard], ops_out: queue.Queue, shared: _Shared) ->
                 continue
             pos = seg.begin  # a rewritten tensor: its source pages are the compute stream's to drop
             while pos < seg.end:
-                at, buf = _get(ops_out, shared)
+                at, buf, done = _get(ops_out, shared)
                 assert at == pos, (seg.op.name, at, pos)
                 sha.update(buf)
                 pos += len(buf)
+                if done is not None:  # the block's last reader: its buffer may be reused
+                    done()
         hashes[sh.info.name] = sha.hexdigest()
     return hashes
 
@@ -521,7 +659,8 @@ def execute_plan(
     targeted tensors block by block (on helper threads when cores are to spare), a writer writes the computed
     blocks, and a hasher hashes each shard in file order (untouched bytes from the source map, computed blocks
     passed on by the writer). The copiers and hashers start first; ``direction`` may be a callable, called
-    while they already move bytes. The compute runs numpy and never imports torch. ``dst_dir=None`` only
+    while they already move bytes. The compute runs the fused numba kernels (:mod:`hubkit.weights.fused`),
+    or numpy's when numba can't be imported (the same bytes); torch is never imported. ``dst_dir=None`` only
     hashes (what ``publish --record-regeneration`` needs). Shards are fsynced at the end; the caller makes
     ``dst_dir`` appear atomically (see :func:`staging_dir`).
     """
@@ -563,6 +702,7 @@ def execute_plan(
             start(_hash_into, part, to_hash, hashes)
 
         library = CPU_LIBRARY
+        fused = _load_fused() if library == "fused" else None  # numba's import (~0.2 s) while bytes move
         given = vectors() if callable(vectors) else vectors
         if not isinstance(given, dict):  # one direction for every op (the seed recipe's form)
             given = {op.vector: given for op in plan.ops}
@@ -581,7 +721,8 @@ def execute_plan(
             # (and collapses on a busy machine); the other streams use the other cores.
             threads_before = torch.get_num_threads()
             torch.set_num_threads(1)
-        cpu = {(code, v): _cpu_kernels(code, r64[v], library)
+        blocks = _Blocks()
+        cpu = {(code, v): _cpu_kernels(code, r64[v], library, fused, blocks)
                for code, v in {(op.dtype, op.vector) for op in plan.ops}}
         n_helpers = compute_helpers()
         helpers = ThreadPoolExecutor(n_helpers, thread_name_prefix="hubkit-blocks") if n_helpers > 1 else None

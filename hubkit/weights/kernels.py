@@ -2,7 +2,9 @@
 both implement, with fixed-order reductions so every library gives the same bytes.
 
 16-bit tensors are computed in float32 (exact upcast), 32/64-bit ones in float64; the cast back rounds to
-nearest-even; r is normalized with an exactly rounded norm (``math.fsum``).
+nearest-even; r is normalized with an exactly rounded norm (``math.fsum``). These whole-array passes are the
+reference: the executor's CPU path runs :mod:`hubkit.weights.fused` (numba), which gives the same bytes at
+memory speed, and falls back to them when numba is missing.
 
 The order, which defines the bytes (every step one IEEE op in the compute dtype; ``tree`` is :func:`tree_sum`,
 w is rounded to the compute dtype first, sqrt is correctly rounded):
