@@ -14,7 +14,13 @@ from hubkit.formatting import human_size, layer_span
 
 
 class _Group(click.Group):
-    """Turns a :class:`HubkitError` into one line on stderr and exit 1 (the traceback with --debug)."""
+    """Turns a :class:`HubkitError` (or an OS error: disk full, permission) into one line on stderr and exit 1
+    (the traceback with --debug, which may come before or after the subcommand)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if "--debug" in args[1:]:
+            args = ["--debug", *[a for a in args if a != "--debug"]]
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -30,9 +36,20 @@ class _Group(click.Group):
                 traceback.print_exc()
             click.echo(f"error: {e}", err=True)
             sys.exit(e.exit_code)
+        except OSError as e:  # ENOSPC, EACCES, ...: whatever was being written was removed on the way out
+            if ctx.obj and ctx.obj.get("debug"):
+                traceback.print_exc()
+            where = f"{e.filename}: " if e.filename else ""
+            click.echo(f"error: {where}{e.strerror or e} (nothing was left half-written)", err=True)
+            sys.exit(1)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+
+
+def _bars(no_progress: bool) -> bool:
+    """Progress bars only on a terminal: a log file or a CI job gets no carriage-return noise."""
+    return not no_progress and sys.stderr.isatty()
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -135,7 +152,7 @@ def publish(run_dir: Path, out: Path | None, template_dir: Path | None, repo_id:
 
     result = do_publish(run_dir, repo_id=repo_id, private=private, revision=revision, version=version,
                         message=message, dry_run=dry_run, with_weights=with_weights, create_pr=create_pr,
-                        dataset_repo=dataset_repo, template_dir=template_dir, progress=not no_progress,
+                        dataset_repo=dataset_repo, template_dir=template_dir, progress=_bars(no_progress),
                         record_regeneration=regen_base)
     plan = result.plan
     if dry_run:
@@ -199,11 +216,12 @@ def export_lora_command(source: str, base_model: str | None, out: Path, rank: in
 @click.option("--revision", help="Tag (e.g. v2), branch or commit; default: main.")
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path, file_okay=False),
               help="Directory to download into.")
-def pull_command(repo: str, revision: str | None, out: Path) -> None:
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def pull_command(repo: str, revision: str | None, out: Path, no_progress: bool) -> None:
     """Download a published run to inspect or re-publish it."""
     from hubkit.use.loading import pull
 
-    res = pull(repo, revision=revision, out=out)
+    res = pull(repo, revision=revision, out=out, progress=_bars(no_progress))
     click.echo(f"pulled {repo}@{res.commit[:12]} ({len(res.files)} files) into {res.path}")
 
 @main.command()
@@ -290,7 +308,7 @@ def regenerate_command(repo_or_dir: str, revision: str | None, base_model: str |
     from hubkit.publish.push import regenerate_and_push
 
     res = regenerate_and_push(repo_or_dir, revision=revision, base_model=base_model, out=out, verify=verify,
-                     plan_only=plan_only, push_to=push_to, progress=not no_progress)
+                     plan_only=plan_only, push_to=push_to, progress=_bars(no_progress))
     click.echo(res.plan.render() if plan_only else res.summary())
 
 

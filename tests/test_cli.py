@@ -39,6 +39,29 @@ def test_bad_manifest_is_one_line_without_traceback(tmp_path):
         "include, exclude, allow_secrets, max_file_size_mb, vector_sets, compare, adapters, data, seeds, tests, geometry, alpha)\n"
     r = invoke("--debug", "validate", str(run))
     assert r.exit_code == 1 and "Traceback" in r.stderr and "ManifestError" in r.stderr
+    r = invoke("validate", str(run), "--debug")  # after the subcommand too
+    assert r.exit_code == 1 and "Traceback" in r.stderr and "ManifestError" in r.stderr
+
+
+def test_a_full_disk_while_staging_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+    import shutil
+
+    from tests.helpers import copy_example
+
+    run = copy_example("persona-vector", tmp_path)
+    real = shutil.copyfile
+
+    def full(src, dst, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if str(dst).endswith(".pt"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        return real(src, dst, *a, **kw)
+
+    monkeypatch.setattr(shutil, "copyfile", full)
+    r = invoke("publish", str(run), "--out", str(tmp_path / "out"))
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert "No space left on device (nothing was left half-written)" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
 
 
 def test_run_dir_that_is_a_file_or_empty(tmp_path):
