@@ -19,6 +19,7 @@ class HubkitError(Exception):
     exit_code = 1
 
     def __init__(self, message: str):
+        message = message.replace("\r", "\\r").replace("\n", "\\n")
         super().__init__(message)
         self.message = message
 

@@ -55,7 +55,11 @@ class RepoSource:
         rel = confined(rel, f"{self.where}: {rel!r}")
         if self.root is not None:
             path = self.root / rel
-            if not path.is_file():
+            try:
+                is_file = path.is_file()
+            except (OSError, ValueError) as e:
+                raise SourceError(f"{self.where}: {rel}: unreadable path ({type(e).__name__})") from e
+            if not is_file:
                 if missing_ok:
                     return None
                 raise SourceError(f"{self.where}: {rel}: not found")

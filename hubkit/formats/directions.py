@@ -110,7 +110,7 @@ def read_direction_file(
     if meta.get("format") == "hubkit-direction":
         layer_convention = meta.get("layer_convention", layer_convention)
         if layer is None and meta.get("selected_layer"):
-            layer = int(meta["selected_layer"])
+            layer = _layer_key(meta["selected_layer"], where)
     layers = _to_layers(obj, layer, where)
     _check_values(layers, where)
     ds = DirectionSet(
@@ -163,7 +163,10 @@ def _read_raw(path: Path, where: str) -> tuple[Any, dict[str, str]]:
             raise PickleRefused(f"{where}: .npy holds Python objects (needs allow_pickle); refused") from e
         except Exception as e:
             raise DirectionError(f"{where}: not a readable .npy file ({first_line(e)})") from e
-        return torch.from_numpy(np.ascontiguousarray(arr)), {}
+        try:
+            return torch.from_numpy(np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("="))), {}
+        except (TypeError, ValueError) as e:
+            raise DirectionError(f"{where}: .npy of dtype {arr.dtype} is not a float array") from e
     raise DirectionError(f"{where}: unsupported direction format '{suffix}' (use .pt, .safetensors or .npy)")
 
 
@@ -204,10 +207,13 @@ def _layer_key(key: Any, where: str) -> int:
     if isinstance(key, int):
         return key
     s = str(key)
+    def ok(t: str) -> bool:
+        t = t.lstrip("-")
+        return t.isascii() and t.isdigit() and len(t) < 10
     for prefix in ("layer.", "layer_", "layers.", "layer", "l", "L"):
-        if s.startswith(prefix) and s[len(prefix) :].lstrip("-").isdigit():
+        if s.startswith(prefix) and ok(s[len(prefix) :]):
             return int(s[len(prefix) :])
-    if s.lstrip("-").isdigit():
+    if ok(s):
         return int(s)
     raise DirectionError(f"{where}: key '{s}' is not a layer index (use ints or 'layer.<i>')")
 
@@ -244,7 +250,7 @@ def _to_layers(obj: Any, layer: int | None, where: str) -> dict[int, torch.Tenso
         if layer is None:
             raise DirectionError(f"{where}: a single [d] vector needs its layer (set 'layer:' in hubkit.yaml)")
         return {int(layer): t}
-    if t.dim() == 2:
+    if t.dim() == 2 and t.shape[0] > 0:
         return {i: t[i] for i in range(t.shape[0])}
     raise DirectionError(f"{where}: expected shape [d] or [layers, d], got {list(t.shape)}")
 
@@ -259,6 +265,8 @@ def _as_tensor(v: Any, where: str) -> torch.Tensor:
         raise DirectionError(f"{where}: expected a tensor, got {type(v).__name__}")
     if not (v.is_floating_point()):
         raise DirectionError(f"{where}: expected floating point values, got {v.dtype}")
+    if v.layout != torch.strided or v.device.type != "cpu" or v.is_nested or v.numel() > 1 << 32:
+        raise DirectionError(f"{where}: expected a dense CPU tensor, got {v.layout} on {v.device.type}")
     return v.detach().to(torch.float32).contiguous().clone()
 
 
@@ -331,12 +339,23 @@ def _canonical_header(path: str | Path, where: str) -> tuple[dict[str, str], dic
     except PlanError as e:  # its message names the real path; show the repo-relative one
         raise DirectionError(f"{where}: {first_line(e).removeprefix(f'{path}: ')}") from e
     raw_meta = header.pop("__metadata__", None) or {}
+    if not isinstance(raw_meta, dict):
+        raise DirectionError(f"{where}: __metadata__ is not an object")
     entries: dict[int, tuple[str, dict]] = {}
     for key, info in header.items():
         shape = info.get("shape") if isinstance(info, dict) else None
-        if not isinstance(shape, list) or len(shape) != 1:
-            raise DirectionError(f"{where}: tensor '{key}' has shape {shape}, a direction is one [d] vector a layer")
-        entries[_layer_key(key, where)] = (key, info)
+        if (not isinstance(shape, list) or len(shape) != 1 or not isinstance(shape[0], int)
+                or isinstance(shape[0], bool) or not 0 < shape[0] < 1 << 40):
+            raise DirectionError(f"{where}: tensor {key!r} has shape {shape}, a direction is one [d] vector a layer")
+        off = info.get("data_offsets")
+        if (not isinstance(info.get("dtype"), str) or not isinstance(off, list) or len(off) != 2
+                or not all(isinstance(o, int) and not isinstance(o, bool) for o in off) or not 0 <= off[0] <= off[1]
+                or start + off[1] > Path(path).stat().st_size):
+            raise DirectionError(f"{where}: tensor {key!r} has a bad dtype or data_offsets")
+        i = _layer_key(key, where)
+        if i in entries:
+            raise DirectionError(f"{where}: keys {entries[i][0]!r} and {key!r} both name layer {i}")
+        entries[i] = (key, info)
     if not entries:
         raise DirectionError(f"{where}: no tensors")
     _check_same_d({i: int(info["shape"][0]) for i, (_, info) in entries.items()}, where)
@@ -402,14 +421,17 @@ def read_canonical(path: str | Path, display: str | None = None) -> DirectionSet
 
     meta, arrays = _canonical_arrays(path, display or str(path))
     layers = {i: torch.from_numpy(v) for i, v in arrays.items()}
+    if meta.get("selected_layer") not in (None, "") and _layer_key(meta["selected_layer"], display or str(path)) not in layers:
+        raise DirectionError(f"{display or path}: selected layer not among the file's layers")
     known = {"format", "name", "layer_convention", "unit_norm", "d", "layers", "selected_layer", "base_model",
              "source", "method"}
     sel = meta.get("selected_layer")
+    sel = _layer_key(sel, display or str(path)) if sel not in (None, "") else None
     return DirectionSet(
         name=meta.get("name") or Path(path).stem,
         layers=layers,
         layer_convention=meta.get("layer_convention", "block"),
-        selected_layer=int(sel) if sel not in (None, "") else (next(iter(layers)) if len(layers) == 1 else None),
+        selected_layer=sel if sel is not None else (next(iter(layers)) if len(layers) == 1 else None),
         base_model=meta.get("base_model"),
         source=meta.get("source"),
         method=meta.get("method"),

@@ -155,12 +155,14 @@ def parse_recipe(raw: dict[str, Any], fail: Fail, *, directions: list[str] | Non
 def _layer(v: Any, fail: Fail) -> int | float | str | None:
     if v is None or v == "each":
         return v
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not -1 <= v <= MAX_BLOCK:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not -1 <= v <= MAX_BLOCK or not math.isfinite(v):
         raise fail(("layer",), f"regenerate.layer: expected a layer number, a float index or 'each', got {v!r}")
     return v
 
 
 def _number(v: Any, path: tuple, fail: Fail, *, lo: float = -math.inf) -> float:
+    if isinstance(v, int) and not isinstance(v, bool) and abs(v) > 1e300:
+        v = math.inf
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < lo:
         raise fail(path, f"regenerate.{'.'.join(map(str, path))}: expected a finite number"
                          + (f" ≥ {lo:g}" if lo > -math.inf else "") + f", got {v!r}")
@@ -194,7 +196,7 @@ def _weight(v: Any, path: tuple, fail: Fail) -> WeightSpec:
     if isinstance(v, dict):
         out: dict[int, float] = {}
         for k, w in v.items():
-            b = int(k) if isinstance(k, int) or (isinstance(k, str) and k.isdigit()) else None
+            b = int(k) if isinstance(k, int) or (isinstance(k, str) and k.isascii() and k.isdigit() and len(k) < 10) else None
             if b is None or isinstance(k, bool) or not 0 <= b <= MAX_BLOCK:
                 raise fail((*path, k), f"regenerate.{'.'.join(map(str, path))}: key {k!r} is not a block index")
             if b in out:

@@ -109,6 +109,8 @@ def shard_names(model_dir: Path) -> list[str]:
             if (not isinstance(n, str) or "/" in n or "\\" in n or n in ("", ".", "..") or "\0" in n
                     or not n.endswith(".safetensors")):
                 raise PlanError(f"{index}: shard name {str(n)[:100]!r} is not a .safetensors file of this folder")
+        if any(len(n.encode()) > 255 for n in names):
+            raise PlanError(f"{index}: shard name too long")
         missing = [n for n in names if not (model_dir / n).is_file()]
         if missing:
             raise PlanError(f"{index}: names shard(s) not in the folder: {', '.join(missing[:3])}")

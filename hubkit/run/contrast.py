@@ -54,6 +54,8 @@ def read_contrast(path: Path, display: str, label: str) -> ContrastSet:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise ArtifactError(f"{display}:{i}: not valid JSON ({e.msg} at column {e.colno})") from e
+        except (ValueError, RecursionError) as e:
+            raise ArtifactError(f"{display}:{i}: not valid JSON ({type(e).__name__})") from e
         if not isinstance(obj, dict):
             raise ArtifactError(f"{display}:{i}: expected a JSON object, got {type(obj).__name__}")
         text = _text_of(obj)

@@ -284,7 +284,10 @@ class _Parser:
     def number(self, value: Any, path: tuple) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self.fail(path, f"{self.dotted(path)} must be a number, got {_kind(value)}")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise self.fail(path, f"{self.dotted(path)} is too large") from None
 
     def boolean(self, value: Any, path: tuple) -> bool:
         if not isinstance(value, bool):
@@ -322,7 +325,7 @@ def _kind(v: Any) -> str:
     )
 
 
-MAX_MANIFEST_CHARS = 1 << 20
+MAX_MANIFEST_CHARS = 1 << 16
 
 
 def _refuse_aliases_and_duplicates(node: Any, where: str) -> None:
@@ -362,9 +365,14 @@ def parse_manifest(text: str, where: str = MANIFEST_NAME) -> Manifest:
     if len(text) > MAX_MANIFEST_CHARS:
         raise ManifestError(f"{where}: {len(text)} characters; a manifest is a page, not a dataset")
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        loader = yaml.SafeLoader
+        node = yaml.compose(text, Loader=loader)
         _refuse_aliases_and_duplicates(node, where)  # before anything is constructed: no alias bomb expands
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=loader)
+    except RecursionError as e:
+        raise ManifestError(f"{where}: nested too deeply") from e
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError) as e:
+        raise ManifestError(f"{where}: unreadable YAML value ({type(e).__name__}: {str(e)[:100]})") from e
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         ctx = getattr(e, "context_mark", None)
