@@ -1,18 +1,23 @@
 """Benchmark ``hubkit regenerate`` against a plain copy and the transformers recipe, side by side.
 
-On a synthetic checkpoint with the real Qwen3.5-4B shapes (``make_synthetic_checkpoint.py``, ~9.3 GB bf16):
+On a synthetic checkpoint with the real Qwen3.5-4B shapes (``make_synthetic_checkpoint.py``: 32 blocks,
+~9.3 GB bf16; ``--layers 8``: 3.96 GB):
 
 * **copy**: ``shutil.copyfile`` of every shard + fsync, the floor (every byte read and written once);
-* **hubkit**: ``python -m hubkit.cli regenerate`` (CPU, and CUDA with ``--devices cpu,cuda``);
+* **hubkit**: ``python -m hubkit.cli regenerate``, for each recipe of ``--recipes`` (``seed``: embedding +
+  attention out + MLP down, weight 1, norm none; ``weighted``: the same at weight 0.7; ``pre`` /
+  ``preserve``: the norm-preserving recipe on attention out + MLP down);
 * **transformers**: ``from_pretrained`` → edit the modules the seed way → ``save_pretrained`` → sync.
 
 Each run is a child process: wall time includes interpreter start and imports, and its peak RSS comes from
 ``os.wait4``. Runs alternate (copy, hubkit, copy, hubkit, …) so drift in the machine's load hits both; the
 source shards are read once before each run (warm page cache) unless ``--cold`` drops the caches (root).
 ``--small-layers N`` also runs hubkit on an N-block variant, to show peak RSS does not grow with the model.
-Shard sha256s of every hubkit run are compared (determinism, and CPU vs CUDA).
+``--baseline DIR`` runs an earlier hubkit package too (``-before``), alternating with this one. Shard sha256s
+of every hubkit run are compared: each recipe's runs must agree, and the seed recipe's with the baseline's.
 
-    python benchmarks/bench_regenerate.py --workdir /tmp/bench [--devices cpu,cuda] [--repeats 2]
+    python benchmarks/bench_regenerate.py --workdir /tmp/bench [--layers 8] [--recipes seed,pre,preserve]
+        [--repeats 3] [--baseline DIR] [--transformers none]
 
 Prints a markdown table and writes ``benchmarks/out/regenerate-<label>.json``.
 """
@@ -37,6 +42,13 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 
 LAYER = 22  # the seed recipe's layer (block convention here)
+#: the recipes --recipes can name: their keys in hubkit.json's regenerate record (beyond direction and layer)
+RECIPES: dict[str, dict] = {
+    "seed": {"targets": ["embed_tokens", "attn_out", "mlp_down"]},
+    "weighted": {"targets": ["embed_tokens", "attn_out", "mlp_down"], "weight": 0.7},
+    "pre": {"targets": ["attn_out", "mlp_down"], "norm": "pre"},
+    "preserve": {"targets": ["attn_out", "mlp_down"], "norm": "preserve"},
+}
 
 
 def _drop_caches() -> bool:
@@ -105,14 +117,14 @@ os.sync()
 """
 
 
-def _recipe(root: Path, d: int, layer: int = LAYER) -> tuple[Path, Path]:
+def _recipe(root: Path, d: int, layer: int = LAYER, recipe: str = "seed") -> tuple[Path, Path]:
     """A staged recipe (hubkit.json + canonical direction) for ``layer`` of a d-dim model.
 
     Runs in a child process: this process stays free of torch, because a child's peak RSS (ru_maxrss) starts
     from its parent's size at fork.
     """
     subprocess.run(
-        [sys.executable, __file__, "--make-recipe", str(root), str(d), str(layer)],
+        [sys.executable, __file__, "--make-recipe", str(root), str(d), str(layer), recipe],
         check=True,
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
@@ -120,7 +132,7 @@ def _recipe(root: Path, d: int, layer: int = LAYER) -> tuple[Path, Path]:
     return root, root / "vectors" / "refusal.safetensors"
 
 
-def _make_recipe(root: Path, d: int, layer: int) -> None:
+def _make_recipe(root: Path, d: int, layer: int, recipe: str) -> None:
     import torch
 
     from hubkit.formats.directions import DirectionSet, write_canonical
@@ -152,7 +164,7 @@ def _make_recipe(root: Path, d: int, layer: int) -> None:
             "direction": "refusal",
             "layer": layer,
             "layer_convention": "block",
-            "targets": ["embed_tokens", "attn_out", "mlp_down"],
+            **RECIPES[recipe],
             "base_model": "Qwen/Qwen3.5-4B",
             "base_model_revision": None,
         },
@@ -170,18 +182,17 @@ def _size(path: Path) -> int:
 
 
 def main() -> None:
-    if len(sys.argv) == 5 and sys.argv[1] == "--make-recipe":
-        _make_recipe(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+    if len(sys.argv) == 6 and sys.argv[1] == "--make-recipe":
+        _make_recipe(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
         "--workdir", type=Path, required=True, help="Where the checkpoint and outputs go (~30 GB)."
     )
-    ap.add_argument("--devices", default="cpu", help="hubkit devices, e.g. cpu,cuda")
-    ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument(
-        "--transformers-devices", default=None, help="default: the last of --devices; 'none' skips"
-    )
+    ap.add_argument("--layers", type=int, default=32, help="decoder blocks of the checkpoint (32: 9.3 GB, 8: 4 GB)")
+    ap.add_argument("--recipes", default="seed", help=f"comma-separated, of {', '.join(RECIPES)}")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--transformers", default="cpu", help="device(s) of the transformers recipe; 'none' skips")
     ap.add_argument("--small-layers", type=int, default=8, help="0 skips the RSS-vs-size run")
     ap.add_argument("--cold", action="store_true", help="drop the page cache before each run (root)")
     ap.add_argument(
@@ -200,16 +211,20 @@ def main() -> None:
 
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
-    ckpt = work / "qwen3.5-4b-synthetic"
+    ckpt = work / ("qwen3.5-4b-synthetic" if args.layers == 32 else f"qwen3.5-{args.layers}L-synthetic")
     gen_s = None
     if not (ckpt / "model.safetensors.index.json").is_file():
         t = time.perf_counter()
-        write_checkpoint(ckpt, config_for(32), int(3e9), log=lambda *a: None)
+        write_checkpoint(ckpt, config_for(args.layers), int(3e9), log=lambda *a: None)
         gen_s = round(time.perf_counter() - t, 1)
-    recipe, rfile = _recipe(work / "recipe", 2560)
-    devices = [d for d in args.devices.split(",") if d]
-    tdevs = args.transformers_devices or devices[-1]
-    tdevs_list = [] if tdevs == "none" else tdevs.split(",")
+    names = [n for n in args.recipes.split(",") if n]
+    unknown = sorted(set(names) - set(RECIPES))
+    if unknown:
+        ap.error(f"--recipes: unknown {', '.join(unknown)} (known: {', '.join(RECIPES)})")
+    layer = min(LAYER, args.layers - 2)
+    recipes = {n: _recipe(work / f"recipe-{n}", 2560, layer, n) for n in names}
+    rfile = recipes[names[0]][1]
+    tdevs_list = [] if args.transformers == "none" else args.transformers.split(",")
     py = sys.executable
     env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
 
@@ -240,10 +255,10 @@ def main() -> None:
     out = work / "out"
     for _ in range(args.repeats):
         run("copy", [py, "-c", COPY_SNIPPET, str(ckpt), str(out)], out)
-        for dev in devices:
+        for name, (recipe, _) in recipes.items():
             for suffix, version_env in versions:
                 argv = [py, "-P", "-m", "hubkit.cli", "regenerate", str(recipe), "--base-model", str(ckpt)]
-                run(f"hubkit-{dev}{suffix}", [*argv, "--out", str(out), "--no-progress", "--device", dev], out,
+                run(f"hubkit-{name}{suffix}", [*argv, "--out", str(out), "--no-progress"], out,
                     child_env=version_env)
     for dev in tdevs_list:
         run(
@@ -255,23 +270,11 @@ def main() -> None:
         small = work / f"qwen3.5-{args.small_layers}L-synthetic"
         if not (small / "model.safetensors.index.json").is_file():
             write_checkpoint(small, config_for(args.small_layers), int(3e9), log=lambda *a: None)
-        small_recipe, _ = _recipe(work / "recipe-small", 2560, args.small_layers // 2)
+        small_recipe, _ = _recipe(work / "recipe-small", 2560, args.small_layers // 2, names[0])
         run(
-            f"hubkit-{devices[0]}-{args.small_layers}L",
-            [
-                py,
-                "-m",
-                "hubkit.cli",
-                "regenerate",
-                str(small_recipe),
-                "--base-model",
-                str(small),
-                "--out",
-                str(out),
-                "--no-progress",
-                "--device",
-                devices[0],
-            ],
+            f"hubkit-{names[0]}-{args.small_layers}L",
+            [py, "-m", "hubkit.cli", "regenerate", str(small_recipe), "--base-model", str(small), "--out", str(out),
+             "--no-progress"],
             out,
             src=small,
         )
@@ -288,14 +291,24 @@ def main() -> None:
         ratio = f"{m / copy_s:.2f}×" if m and copy_s else "–"
         rows.append(f"| {name} | {m if m is not None else 'failed'} | {ratio} | {rss:.0f} |")
     speedups = {}
-    for dev in devices:
-        h = median(f"hubkit-{dev}")
+    for name in names:
+        h = median(f"hubkit-{name}")
         for tdev in tdevs_list:
             tr = median(f"transformers-{tdev}")
             if h and tr:
-                speedups[f"transformers-{tdev} / hubkit-{dev}"] = round(tr / h, 2)
-    all_hashes = [h for runs in hashes.values() for h in runs if h]
-    deterministic = len({json.dumps(h, sort_keys=True) for h in all_hashes}) == 1 if all_hashes else None
+                speedups[f"transformers-{tdev} / hubkit-{name}"] = round(tr / h, 2)
+        before = median(f"hubkit-{name}-before")
+        if h and before:
+            speedups[f"hubkit-{name}-before / hubkit-{name}"] = round(before / h, 2)
+
+    def distinct(name: str) -> int:
+        return len({json.dumps(h, sort_keys=True) for h in hashes.get(name, []) if h})
+
+    deterministic = {name: distinct(f"hubkit-{name}") == 1 for name in names}
+    seed_as_before = None
+    if "seed" in names and hashes.get("hubkit-seed-before"):
+        seed_as_before = {json.dumps(h, sort_keys=True) for h in hashes["hubkit-seed"] + hashes["hubkit-seed-before"]}
+        seed_as_before = len(seed_as_before) == 1
 
     probe = "import torch; print(torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
     torch_version, _, gpu = (
@@ -320,9 +333,10 @@ def main() -> None:
         "runs": results,
         "median_wall_s": {k: median(k) for k in results},
         "ratio_to_copy": {k: round(median(k) / copy_s, 3) for k in results if median(k) and copy_s},
-        "speedup_vs_transformers": speedups,
-        "hubkit_shard_sha256": all_hashes[0] if all_hashes else None,
-        "deterministic_across_runs_and_devices": deterministic,
+        "speedups": speedups,
+        "hubkit_shard_sha256": {name: (hashes.get(f"hubkit-{name}") or [None])[0] for name in names},
+        "deterministic_per_recipe": deterministic,
+        "seed_bytes_as_baseline": seed_as_before,
     }
     print(
         f"\n{_size(ckpt) / 1e9:.2f} GB checkpoint, {report['checkpoint']['shards']} shards, "
@@ -332,7 +346,9 @@ def main() -> None:
     print("\n".join(rows))
     for k, v in speedups.items():
         print(f"\nspeed-up, {k}: {v}×")
-    print(f"\nhubkit shard hashes identical across all runs and devices: {deterministic}")
+    print(f"\nhubkit shard hashes identical across each recipe's runs: {deterministic}")
+    if seed_as_before is not None:
+        print(f"seed recipe: the same shard hashes as the baseline: {seed_as_before}")
     dest = args.json or HERE / "out" / f"regenerate-{args.label}.json"
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(json.dumps(report, indent=2) + "\n")

@@ -1,15 +1,16 @@
-"""Where a regeneration's time goes: busy seconds per stream and per kernel of hubkit.abliterate.
+"""Where a regeneration's time goes: busy seconds per stream and per kernel of hubkit.weights.executor.
 
-    python benchmarks/profile_regenerate.py CHECKPOINT_DIR [--device cpu|cuda] [--pipelines N] [--group G]
-        [--prefetch BYTES] [--library numpy|torch] [--gpu-helpers] [--light-cpu] [--cold] [--processes N]
+    python benchmarks/profile_regenerate.py CHECKPOINT_DIR [--recipe seed|weighted|pre|preserve]
+        [--library fused|numpy|torch] [--pipelines N] [--group G] [--prefetch BYTES] [--helpers N] [--cold]
+        [--processes N]
 
-Wraps the executor's functions with timers (no change to hubkit itself) and prints wall, user and sys time,
-peak RSS and the busy time of each stream (compute, write, hash) and of the heavy functions inside them.
-Streams overlap, so busy times add up to more than the wall time; the timeline shows when each stream thread
-started and ended, from the script's start (with ``--device cuda``, ``_start_gpu`` is torch's import and
-the device coming up while the CPU computes). ``--processes N`` is an experiment: the
+Wraps the executor's functions (and the fused kernels') with timers (no change to hubkit itself) and prints
+wall, user and sys time, peak RSS and the busy time of each stream (compute, write, hash) and of the heavy
+functions inside them. Streams overlap, so busy times add up to more than the wall time; the timeline shows
+when each stream thread started and ended, from the script's start. ``--processes N`` is an experiment: the
 shard groups run in N forked processes (one pipeline each) instead of threads of one process, to see what the
-GIL costs; ``--cold`` drops the page cache first (root).
+GIL costs; ``--cold`` drops the page cache first (root). The first run after fused.py changed includes
+numba's compilation (the cache is then warm).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from types import SimpleNamespace
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 T0 = time.perf_counter()
-STREAMS = ["_copy_stream", "_compute_ops", "_write_stream", "_hash_into", "_start_gpu"]  # busy, timeline
+STREAMS = ["_copy_stream", "_compute_ops", "_write_stream", "_hash_into"]  # busy, timeline
 WRAPPED = [
     *STREAMS,
     "_hash_stream",
@@ -36,11 +37,20 @@ WRAPPED = [
     "_pwrite_buf",
     "_put",
     "_get",
+    "_load_fused",
     "rows_block",
     "cols_partials",
     "cols_block",
-    "_accumulate",
+    "accumulate",
 ]
+FUSED = ["rows", "cols_reduce", "cols_partials", "cols_update"]  # hubkit.weights.fused, as fused.NAME
+#: what --recipe edits: (targets, weight, norm of the [d, m] writers)
+RECIPES = {
+    "seed": (("embed_tokens", "attn_out", "mlp_down"), 1.0, "none"),
+    "weighted": (("embed_tokens", "attn_out", "mlp_down"), 0.7, "none"),
+    "pre": (("attn_out", "mlp_down"), 1.0, "pre"),
+    "preserve": (("attn_out", "mlp_down"), 1.0, "preserve"),
+}
 
 
 def _drop_caches() -> None:
@@ -48,11 +58,20 @@ def _drop_caches() -> None:
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
-def _in_processes(ab, wplan, checkpoint: Path, out: Path, device: str, n: int) -> float:
-    """Fork one process per shard group before torch is imported; each streams its shards with one pipeline."""
+def _plan(wplan, checkpoint: Path, recipe: str):
     import dataclasses
 
-    plan = wplan.plan_checkpoint(checkpoint)
+    targets, weight, norm = RECIPES[recipe]
+    plan = wplan.plan_checkpoint(checkpoint, targets)
+    ops = [dataclasses.replace(op, weight=weight, norm=norm if op.kind == "cols" and op.how != "bias" else "none")
+           for op in plan.ops]
+    return dataclasses.replace(plan, ops=ops)
+
+
+def _in_processes(ab, plan, checkpoint: Path, out: Path, n: int) -> float:
+    """Fork one process per shard group; each streams its shards with one pipeline."""
+    import dataclasses
+
     # the executor's own split of shards into pipelines (it reads only ``.info`` of what it is given)
     groups = [[x.info for x in g] for g in ab._partition([SimpleNamespace(info=s) for s in plan.shards], n)]
     out.mkdir(parents=True)
@@ -63,13 +82,13 @@ def _in_processes(ab, wplan, checkpoint: Path, out: Path, device: str, n: int) -
         if pid == 0:
             code = 1
             try:
-                import torch
+                import numpy as np
 
                 names = {s.name for s in g}
                 sub = dataclasses.replace(plan, shards=g, ops=[op for op in plan.ops if op.shard in names])
                 ab.parallel_pipelines = lambda: 1
-                r = torch.randn(plan.hidden_size, generator=torch.Generator().manual_seed(0))
-                ab.execute_plan(sub, checkpoint, out, r, device=device, progress=False)
+                r = np.random.default_rng(0).standard_normal(plan.hidden_size)
+                ab.execute_plan(sub, checkpoint, out, r, progress=False)
                 code = 0
             finally:
                 os._exit(code)
@@ -88,27 +107,19 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoint", type=Path)
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--recipe", default="seed", choices=list(RECIPES))
     ap.add_argument("--pipelines", type=int, default=None)
     ap.add_argument("--processes", type=int, default=0)
-    ap.add_argument("--group", type=int, default=None, help="compute chunks per block (CPU_GROUP/CUDA_GROUP)")
+    ap.add_argument("--group", type=int, default=None, help="compute chunks per block (CPU_GROUP)")
     ap.add_argument("--prefetch", type=int, default=None, help="PREFETCH_BYTES (0: off)")
     ap.add_argument("--helpers", type=int, default=None, help="threads computing blocks on CPU (1: none)")
-    ap.add_argument("--library", default=None, help="CPU_LIBRARY: numpy (default) or torch")
-    ap.add_argument("--gpu-helpers", action="store_true", help="experiment: GPU blocks on the helper threads too")
-    ap.add_argument("--light-cpu", action="store_true", help="experiment: no CPU helpers until the GPU is up")
+    ap.add_argument("--library", default=None, help="CPU_LIBRARY: fused (default), numpy or torch")
     ap.add_argument("--cold", action="store_true")
     args = ap.parse_args()
     if args.library:
         ab.CPU_LIBRARY = args.library
-    if args.gpu_helpers or args.light_cpu:
-        ab._Compute.for_op = lambda self, op: (
-            (self.gpu[op.dtype], self.helpers if args.gpu_helpers else None)
-            if self.gpu is not None
-            else (self.cpu[op.dtype], None if args.light_cpu else self.helpers)
-        )
     if args.group:
-        kernels.CPU_GROUP = kernels.CUDA_GROUP = args.group
+        kernels.CPU_GROUP = args.group
     if args.prefetch is not None:
         ab.PREFETCH_BYTES = args.prefetch
     if args.helpers is not None:
@@ -118,10 +129,11 @@ def main() -> None:
     if args.processes:
         out = Path(tempfile.mkdtemp(dir=args.checkpoint.parent)) / "out"
         try:
-            wall = _in_processes(ab, wplan, args.checkpoint, out, args.device, args.processes)
+            wall = _in_processes(ab, _plan(wplan, args.checkpoint, args.recipe), args.checkpoint, out,
+                                 args.processes)
         finally:
             shutil.rmtree(out.parent, ignore_errors=True)
-        print(f"{args.device}, {args.processes} process(es): wall {wall:.1f} s")
+        print(f"{args.recipe}, {args.processes} process(es): wall {wall:.1f} s")
         return
     busy: dict[str, float] = {}
     spans: list[tuple[str, float, float]] = []
@@ -145,33 +157,33 @@ def main() -> None:
 
     for name in WRAPPED:
         setattr(ab, name, timed(name, getattr(ab, name), span=name in STREAMS))
+    fused = ab._load_fused()
+    if fused is not None:
+        for name in FUSED:
+            setattr(fused, name, timed(f"fused.{name}", getattr(fused, name)))
     if args.pipelines:
         ab.parallel_pipelines = lambda: args.pipelines
-    plan = wplan.plan_checkpoint(args.checkpoint)
+    plan = _plan(wplan, args.checkpoint, args.recipe)
 
     def direction():
-        """Torch-free, as ``regenerate`` reads a canonical file; with ``--library torch`` torch is imported here
-        (a CUDA run imports it on its own thread, ``_start_gpu``, shown in the timeline)."""
-        if ab.CPU_LIBRARY == "numpy":
-            import numpy as np
+        """Torch-free, as ``regenerate`` reads a canonical file."""
+        import numpy as np
 
-            return np.random.default_rng(0).standard_normal(plan.hidden_size)
-        import torch
-
-        return torch.randn(plan.hidden_size, generator=torch.Generator().manual_seed(0))
+        return np.random.default_rng(0).standard_normal(plan.hidden_size)
 
     r = timed("direction", direction, span=True)
     out = Path(tempfile.mkdtemp(dir=args.checkpoint.parent)) / "out"
+    out.mkdir()
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
     t = time.perf_counter()
     try:
-        _, result = ab.abliterate_checkpoint(args.checkpoint, out, r, device=args.device, progress=False)
+        result = ab.execute_plan(plan, args.checkpoint, out, r, progress=False)
         wall = time.perf_counter() - t
     finally:
         shutil.rmtree(out.parent, ignore_errors=True)
     ru = resource.getrusage(resource.RUSAGE_SELF)
     print(
-        f"{args.device}, {ab.parallel_pipelines()} pipeline(s): wall {wall:.1f} s, user "
+        f"{args.recipe}, {ab.CPU_LIBRARY}, {ab.parallel_pipelines()} pipeline(s): wall {wall:.1f} s, user "
         f"{ru.ru_utime - ru0.ru_utime:.1f} s, sys {ru.ru_stime - ru0.ru_stime:.1f} s, peak RSS "
         f"{ru.ru_maxrss / 1024:.0f} MiB"
     )
@@ -181,7 +193,6 @@ def main() -> None:
     for name, a, b in sorted(spans, key=lambda x: x[1]):
         print(f"  {a:6.2f} → {b:6.2f}  {name}")
     print("  sha256:", " ".join(h[:12] for h in result.shards_sha256.values()))
-    print("  tensors computed:", result.devices)
 
 
 if __name__ == "__main__":
