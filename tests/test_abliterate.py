@@ -523,9 +523,16 @@ def test_interrupted_write_leaves_nothing(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(ab, where, dies)
+    monkeypatch.setattr(ab, "parallel_pipelines", lambda: 1)  # one thread per stream: the 3rd call is the last
     with pytest.raises(exc, match="stop here"):
         ab.abliterate_checkpoint(ckpts["qwen3_5"], tmp_path / "out", _r(), progress=False)
     assert len(calls) == 3
+    assert os.listdir(tmp_path) == []
+    calls.clear()
+    monkeypatch.setattr(ab, "parallel_pipelines", lambda: 3)  # shards side by side: others may call once more
+    with pytest.raises(exc, match="stop here"):
+        ab.abliterate_checkpoint(ckpts["qwen3_5"], tmp_path / "out", _r(), progress=False)
+    assert len(calls) >= 3
     assert os.listdir(tmp_path) == []
 
 
