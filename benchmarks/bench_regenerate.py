@@ -203,15 +203,21 @@ def main() -> None:
         "also run it as hubkit-DEVICE-before, alternating with the current one (an A/B in one run)",
     )
     ap.add_argument("--keep", action="store_true", help="keep the checkpoints")
+    ap.add_argument("--moe", action="store_true",
+                    help="a Qwen3-30B-A3B-shaped MoE checkpoint (d=2048, 128 experts) of --layers blocks instead")
     ap.add_argument("--label", default=platform.node() or "local")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
-    from make_synthetic_checkpoint import config_for, write_checkpoint
+    from make_synthetic_checkpoint import config_for, moe_config_for, write_checkpoint
 
+    if args.moe:
+        config_for = moe_config_for  # noqa: F811 - the same layer count, the MoE's shapes
+    hidden = 2048 if args.moe else 2560
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
-    ckpt = work / ("qwen3.5-4b-synthetic" if args.layers == 32 else f"qwen3.5-{args.layers}L-synthetic")
+    ckpt = work / (f"qwen3-moe-{args.layers}L-synthetic" if args.moe else
+                   "qwen3.5-4b-synthetic" if args.layers == 32 else f"qwen3.5-{args.layers}L-synthetic")
     gen_s = None
     if not (ckpt / "model.safetensors.index.json").is_file():
         t = time.perf_counter()
@@ -222,7 +228,7 @@ def main() -> None:
     if unknown:
         ap.error(f"--recipes: unknown {', '.join(unknown)} (known: {', '.join(RECIPES)})")
     layer = min(LAYER, args.layers - 2)
-    recipes = {n: _recipe(work / f"recipe-{n}", 2560, layer, n) for n in names}
+    recipes = {n: _recipe(work / f"recipe-{n}", hidden, layer, n) for n in names}
     rfile = recipes[names[0]][1]
     tdevs_list = [] if args.transformers == "none" else args.transformers.split(",")
     py = sys.executable
@@ -270,7 +276,7 @@ def main() -> None:
         small = work / f"qwen3.5-{args.small_layers}L-synthetic"
         if not (small / "model.safetensors.index.json").is_file():
             write_checkpoint(small, config_for(args.small_layers), int(3e9), log=lambda *a: None)
-        small_recipe, _ = _recipe(work / "recipe-small", 2560, args.small_layers // 2, names[0])
+        small_recipe, _ = _recipe(work / "recipe-small", hidden, args.small_layers // 2, names[0])
         run(
             f"hubkit-{names[0]}-{args.small_layers}L",
             [py, "-m", "hubkit.cli", "regenerate", str(small_recipe), "--base-model", str(small), "--out", str(out),

@@ -95,12 +95,48 @@ def config_for(layers: int) -> dict:
     return cfg
 
 
+#: Qwen3-30B-A3B's shapes (d=2048, 128 experts of 768, vocab 151936, untied lm_head): thousands of small
+#: per-expert down_projs, where per-tensor overhead would show
+QWEN3_MOE_CONFIG = {
+    "architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "hidden_size": 2048,
+    "intermediate_size": 6144, "moe_intermediate_size": 768, "num_experts": 128, "num_experts_per_tok": 8,
+    "num_attention_heads": 32, "num_key_value_heads": 4, "head_dim": 128, "num_hidden_layers": 48,
+    "vocab_size": 151936, "tie_word_embeddings": False, "torch_dtype": "bfloat16", "rms_norm_eps": 1e-6,
+    "decoder_sparse_step": 1, "mlp_only_layers": [],
+}
+
+
+def moe_config_for(layers: int) -> dict:
+    cfg = copy.deepcopy(QWEN3_MOE_CONFIG)
+    cfg["num_hidden_layers"] = layers
+    return cfg
+
+
+def moe_tensor_specs(cfg: dict) -> list[tuple[str, tuple[int, ...]]]:
+    d, i, e, v = cfg["hidden_size"], cfg["moe_intermediate_size"], cfg["num_experts"], cfg["vocab_size"]
+    nh, nkv, hd = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]
+    specs = {"model.embed_tokens.weight": (v, d), "model.norm.weight": (d,), "lm_head.weight": (v, d)}
+    for k in range(cfg["num_hidden_layers"]):
+        b = f"model.layers.{k}."
+        specs.update({b + "input_layernorm.weight": (d,), b + "post_attention_layernorm.weight": (d,),
+                      b + "self_attn.q_proj.weight": (nh * hd, d), b + "self_attn.k_proj.weight": (nkv * hd, d),
+                      b + "self_attn.v_proj.weight": (nkv * hd, d), b + "self_attn.o_proj.weight": (d, nh * hd),
+                      b + "self_attn.q_norm.weight": (hd,), b + "self_attn.k_norm.weight": (hd,),
+                      b + "mlp.gate.weight": (e, d)})
+        for x in range(e):
+            specs.update({f"{b}mlp.experts.{x}.gate_proj.weight": (i, d), f"{b}mlp.experts.{x}.up_proj.weight": (i, d),
+                          f"{b}mlp.experts.{x}.down_proj.weight": (d, i)})
+    return sorted(specs.items())
+
+
 def tensor_specs(cfg: dict) -> list[tuple[str, tuple[int, ...]]]:
     """(name, shape) of every tensor the real checkpoint stores, sorted by name, computed from the config alone.
 
     Written out by hand (no transformers needed, so it runs where transformers lacks Qwen3.5);
     :func:`specs_from_transformers` gives the same list where it has it (checked by ``--check``).
     """
+    if cfg.get("model_type") == "qwen3_moe":
+        return moe_tensor_specs(cfg)
     tc, vc = cfg["text_config"], cfg["vision_config"]
     d, f, hd, v = tc["hidden_size"], tc["intermediate_size"], tc["head_dim"], tc["vocab_size"]
     nh, nkv = tc["num_attention_heads"], tc["num_key_value_heads"]
