@@ -304,3 +304,31 @@ def test_cli_pull(api, rid, hf_cache, staged, tmp_path):
     assert res.output.startswith(f"pulled {rid}@{v1[:12]}") and (tmp_path / "p" / "hubkit.json").is_file()
     res = CliRunner().invoke(main, ["pull", rid, "--revision", "v7", "-o", str(tmp_path / "q")])
     assert res.exit_code == 1 and res.output.startswith("error: ") and "no such revision" in res.output
+
+
+def test_pull_then_publish_the_pulled_folder(api, rid, hf_cache, staged, tmp_path, hub):
+    """The documented round trip: pull leaves no .cache/ or .gitattributes, so publish takes the folder as a run."""
+    from hubkit.publish.commit import publish
+    from hubkit.use.loading import pull
+
+    run = tmp_path / "run"
+    shutil.copytree(ARTIFACTS / "persona-vector", run)
+    first = publish(run, repo_id=rid, progress=False)
+    res = pull(rid, revision=first.version, out=tmp_path / "pulled", progress=False)
+    assert not (res.path / ".cache").exists() and not (res.path / ".gitattributes").exists()
+    again = publish(res.path, repo_id=rid + "-copy", progress=False)
+    assert again.version == "v1" and not again.nothing_changed
+
+
+def test_a_failed_pull_verification_leaves_nothing(api, rid, hf_cache, staged, tmp_path):
+    tree = tmp_path / "t"
+    shutil.copytree(staged["persona-vector"], tree)
+    meta = json.loads((tree / "hubkit.json").read_text())
+    meta["files"][0]["sha256"] = "0" * 64
+    (tree / "hubkit.json").write_text(json.dumps(meta))
+    _publish(api, rid, tree, None)
+    with pytest.raises(DirectionError, match="sha256"):
+        from hubkit.use.loading import pull
+
+        pull(rid, out=tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists() and not [p for p in tmp_path.iterdir() if ".out.hubkit" in p.name]

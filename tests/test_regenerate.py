@@ -330,3 +330,14 @@ def test_push_to_publishes_the_folder(base: Path, tmp_path: Path, api, repo_id: 
         f for f in meta["files"] if f["path"] == shard
     ).items()
     assert "bit-identical" not in (tmp_path / "out" / "README.md").read_text()  # nothing recorded to compare
+
+
+def test_a_killed_runs_leftover_is_cleaned_by_the_next_run_in_that_folder(base: Path, tmp_path: Path) -> None:
+    """kill -9 leaves `.OUT.hubkit-tmp-PID`; the next run with any --out in that parent removes it."""
+    dead = tmp_path / ".other-out.hubkit-tmp-999999"  # no such process
+    dead.mkdir()
+    (dead / "model-00001-of-00002.safetensors").write_bytes(b"half a shard")
+    alive = tmp_path / f".mine.hubkit-tmp-{os.getpid()}"
+    alive.mkdir()
+    rg.regenerate(make_recipe(tmp_path / "staged"), base_model=base, out=tmp_path / "fresh", progress=False)
+    assert not dead.exists() and alive.exists() and (tmp_path / "fresh" / "config.json").is_file()
