@@ -274,7 +274,8 @@ class _ArmCounts(click.ParamType):
               help="Fisher sidedness; greater = H1: arm > baseline (default for --arm; a run uses its own).")
 def stats(run_dir: Path | None, arms: tuple, baseline: str | None, alternative: str | None) -> None:
     """Print results tables with every test: for RUN_DIR's evaluations, or for --arm counts."""
-    from hubkit.run.stats import report_counts, report_run
+    from hubkit.run.run import report_run
+    from hubkit.run.stats import report_counts
 
     if run_dir is not None:
         if arms or baseline:

@@ -6,18 +6,17 @@ import io
 import math
 from collections.abc import Sequence
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from hubkit.cards.model_card import RankingView
     from hubkit.run.geometry import CompareGeometry, SetGeometry
 
 
 
 
-def ranking_plot(view: RankingView) -> bytes:
+def ranking_plot(view: Any) -> bytes:  # a cards.model_card.RankingView
     """Each metric against layer, one panel per metric (they have different scales), with the selected
     and the best layer marked. Byte-identical across calls: Agg canvas, default style, fixed size and
     dpi, and no Software/date metadata."""

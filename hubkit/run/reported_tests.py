@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hubkit.errors import ManifestError
-from hubkit.run.stats import benjamini_hochberg, holm
+from hubkit.run.multiplicity import benjamini_hochberg, holm
 
 ALTERNATIVES = ("greater", "less", "two-sided")
 UNASSIGNED = "(unassigned)"

@@ -146,3 +146,13 @@ def load_run(run_dir: str | Path, *, with_weights: bool = False) -> Run:
         raise ValidationFailed(report.problems)
     assert report.run is not None
     return report.run
+
+
+def report_run(run_dir: str | Path, alternative: str | None = None) -> str:
+    """``hubkit stats RUN_DIR``: every evaluation of a run with its tests named (the run loaded strictly)."""
+    from hubkit.run.stats import report_evaluations
+
+    run = load_run(run_dir)
+    if not run.evaluations:
+        return f"{run_dir}: no evaluations in hubkit.yaml\n"
+    return report_evaluations(run.evaluations, alternative)

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
+
+from hubkit.run.multiplicity import benjamini_hochberg, holm  # noqa: F401  (re-exported for callers)
 
 if TYPE_CHECKING:
     from hubkit.run.evaluations import Arm, Evaluation
@@ -115,31 +115,6 @@ def wilson_interval(passes: int, n: int, confidence: float = CONFIDENCE) -> tupl
     lo = 0.0 if passes == 0 else max(0.0, centre - half)  # exact ends: no 3e-17 from cancellation
     hi = 1.0 if passes == n else min(1.0, centre + half)
     return lo, hi
-
-
-def holm(pvalues: Sequence[float]) -> list[float]:
-    """Holm step-down adjusted p-values (family-wise error), in the input order."""
-    m = len(pvalues)
-    order = sorted(range(m), key=lambda i: pvalues[i])
-    out = [0.0] * m
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * pvalues[i]))
-        out[i] = running
-    return out
-
-
-def benjamini_hochberg(pvalues: Sequence[float]) -> list[float]:
-    """Benjamini–Hochberg adjusted p-values (false discovery rate), in the input order."""
-    m = len(pvalues)
-    order = sorted(range(m), key=lambda i: pvalues[i], reverse=True)
-    out = [0.0] * m
-    running = 1.0
-    for k, i in enumerate(order):
-        rank = m - k  # 1-based rank in ascending order
-        running = min(running, pvalues[i] * m / rank)
-        out[i] = min(1.0, running)
-    return out
 
 
 def fisher_test_name(alternative: str) -> str:
@@ -386,16 +361,11 @@ def format_report(evaluations: list[EvaluationStats]) -> str:
 # --------------------------------------------------------------------------- entry points for `hubkit stats`
 
 
-def report_run(run_dir: str | Path, alternative: str | None = None) -> str:
-    """Every evaluation of a run, tested as declared (or with ``alternative`` overriding the manifest)."""
+def report_evaluations(evaluations: list[Evaluation], alternative: str | None = None) -> str:
+    """Every evaluation tested as declared (or with ``alternative`` overriding the manifest)."""
     import dataclasses
 
-    from hubkit.run.run import load_run
-
-    run = load_run(run_dir)
-    if not run.evaluations:
-        return f"{run_dir}: no evaluations in hubkit.yaml\n"
-    evs = run.evaluations
+    evs = evaluations
     if alternative is not None:
         _check_alternative(alternative)
         evs = [dataclasses.replace(ev, alternative=alternative) for ev in evs]
