@@ -136,3 +136,21 @@ def test_the_card_compares_directions_with_related_runs(hub, api, hf_cache: Path
     line = next(ln for ln in card.splitlines() if "tester/capvec-earlier" in ln and "cos(" in ln)
     assert f"@ `{res.commit[:12]}`" in line and f"at layer 22 (selected) = {want:.3f}" in line
     assert "`tester/not-there`: could not be read" in card
+
+
+def test_the_companion_dataset_holds_the_geometry_table(tmp_path: Path) -> None:
+    import io
+
+    import pyarrow.parquet as pq
+
+    from hubkit.publish.dataset import build_dataset
+    from hubkit.run.run import load_run
+
+    run = load_run(copy_example(RUN, tmp_path))
+    package, configs = build_dataset(run, model_repo="me/geometry")
+    [cfg] = [c for c in configs if c.name.startswith("geometry")]
+    table = pq.read_table(io.BytesIO(package.file(cfg.path).data))
+    assert cfg.rows == 7 * 5 * 12 and {"set", "layer", "member", "norm", "mean_cos_to_others"} <= set(table.column_names)
+    row = table.to_pylist()[0]
+    vs = run.vector_sets[row["set"]]
+    assert abs(row["norm"] - float(np.linalg.norm(vs.vector(row["member"], row["layer"]).astype(np.float64)))) < 1e-9
