@@ -101,6 +101,16 @@ def validate(run_dir: Path, quiet: bool, list_files: bool) -> None:
             click.echo(f"  direction {d.name}: layers {layer_span(d.layer_ids)} "
                        f"({len(d.layers)}, {d.layer_convention} convention), d={d.d}, "
                        f"selected layer {d.selected_layer}, {'unit-norm' if d.unit_norm else 'not unit-norm'}")
+        for name, vs in run.vector_sets.items():
+            click.echo(f"  vector set {name}: {len(vs.members)} members × layers {vs.layers} "
+                       f"({vs.layer_convention} convention), d={vs.d}")
+        for c in run.compares:
+            click.echo(f"  compare {c.before} → {c.after}: {len(c.members)} members")
+        for a in run.adapters:
+            click.echo(f"  adapter {a.name}: LoRA r={a.r} on {a.base_model} ({a.path})")
+        if run.reported_tests:
+            click.echo(f"  {len(run.reported_tests)} reported test(s), adjusted within "
+                       f"{len({t.test.family for t in run.reported_tests})} famil(ies)")
         if list_files:
             for f in run.files:
                 fate = "publish" if f.included else f"left out: {f.reason}"
