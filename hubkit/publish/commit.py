@@ -35,6 +35,7 @@ from hubkit.formats.hashing import HashCache, sha256_bytes
 from hubkit.formats.hubjson import CARD, HUBKIT_JSON, HistoryEntry, HubJson
 from hubkit.hub import VERSION_RE, Hub, RemoteState
 from hubkit.publish.plan import FileChange, PublishPlan, diff_package, git_blob_sha1
+from hubkit.publish.related import cross_run_geometry
 from hubkit.publish.repo_tree import Package, PackageFile, build_package, stage
 from hubkit.publish.secrets import check_generated, check_secrets
 from hubkit.run.manifest import Manifest, is_repo_id, load_manifest
@@ -153,8 +154,8 @@ def publish(
         base_type = _model_type(Path(record_regeneration))
     cache = HashCache()
     common: dict[str, Any] = dict(template_dir=template_dir, shards_sha256=shards, base_model_type=base_type,
-                                  repo_id=repo_id,
-                                  dataset_repo=dataset_repo, hash_cache=cache)
+                                  repo_id=repo_id, dataset_repo=dataset_repo, hash_cache=cache,
+                                  cross_run=cross_run_geometry(run))  # read once, though the package is built twice
     current = state.previous_version or version or state.next_version()
     package = build_package(run, version=current, history=state.history, progress=progress, **common)
     _merge_card(package, state, notes)

@@ -11,6 +11,7 @@ import dataclasses
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from hubkit import __version__
 from hubkit.errors import HubkitError
@@ -130,7 +131,7 @@ def build_package(
     dataset_repo: str | None = None,
     hash_cache: HashCache | None = None,
     progress: bool = False,
-    related: bool = True,
+    cross_run: list[Any] | None = None,
 ) -> Package:
     """Decide every file of the repo: the run's files, canonical vectors, assets, the card, hubkit.json."""
     from hubkit.cards import model_card as card
@@ -168,7 +169,8 @@ def build_package(
         extra={k: v for kind in kinds() for k, v in kind.records(run).items()},
     )
     body_files = sorted(files.values(), key=lambda f: f.path)
-    data = card.build_card_data(run, body_files, meta, cross_run_geometry(run) if related else None)
+    # cosines with related runs: read from the Hub unless the caller already did (a publish builds twice)
+    data = card.build_card_data(run, body_files, meta, cross_run if cross_run is not None else cross_run_geometry(run))
     readme = card.render_card(data, template_dir=template_dir).encode("utf-8")
     files[CARD] = PackageFile(CARD, len(readme), sha256_bytes(readme), "card", data=readme)
 
