@@ -1,4 +1,5 @@
-"""Reading the small text files hubkit relies on: CSV tables with line numbers, JSON objects.
+"""Reading the CSV tables hubkit relies on, with line numbers (JSON files have their own owners:
+``formats/hubjson`` for hubkit.json, ``formats/safefiles`` for small config files).
 
 Validation must stay light (``hubkit validate`` on a run without tensors imports neither torch nor
 pandas), and stdlib ``csv`` lets every error name ``file:line``.
@@ -7,11 +8,9 @@ pandas), and stdlib ``csv`` lets every error name ``file:line``.
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
-from typing import Any
 
-from hubkit.errors import ArtifactError, HubkitError, first_line
+from hubkit.errors import ArtifactError
 
 
 def read_csv(path: Path, display: str) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
@@ -45,15 +44,3 @@ def parse_float(value: str) -> float | None:
         return float(value)
     except ValueError:
         return None
-
-
-def read_json_object(path: Path, where: str | None = None, error: type[HubkitError] = HubkitError) -> dict[str, Any]:
-    """A JSON file that must hold an object (``hubkit.json``, ``config.json``), as a one-line ``error``."""
-    where = where or str(path)
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise error(f"{where}: not readable JSON ({first_line(e)})") from e
-    if not isinstance(data, dict):
-        raise error(f"{where}: expected a JSON object")
-    return data
