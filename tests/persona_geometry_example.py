@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from hubkit.formats.safefiles import safetensors_bytes
+from hubkit.formats.safetensors_io import safetensors_bytes
 from hubkit.run.geometry import cosine_matrix, mean_offdiag
 
 BASE_MODEL = "Qwen/Qwen2.5-7B-Instruct"

@@ -13,6 +13,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hubkit.errors import DirectionError, PickleRefused, first_line
+from hubkit.formats.safetensors_io import (
+    TensorEntry,
+    read_safetensors,
+    read_tensors,
+    safetensors_bytes,
+    safetensors_header,
+)
 from hubkit.formatting import layer_span
 
 if TYPE_CHECKING:  # torch is imported lazily: `hubkit --help` and `validate` without tensors skip it
@@ -189,15 +196,9 @@ def _load_pt(path: Path, where: str) -> Any:
         raise DirectionError(f"{where}: not a readable torch file ({type(e).__name__}: {first_line(e)})") from e
 
 
-def _load_safetensors(path: Path, where: str) -> tuple[dict[str, Any], dict[str, str]]:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no iterator
-    except Exception as e:
-        raise DirectionError(f"{where}: not a readable safetensors file ({first_line(e)})") from e
+def _load_safetensors(path: Path, where: str) -> tuple[Any, dict[str, str]]:
+    meta, arrays, _ = read_safetensors(path, where, error=DirectionError)
+    tensors = {k: arrays[k] for k in sorted(arrays)}
     if len(tensors) == 1 and "layer." not in next(iter(tensors)):
         return next(iter(tensors.values())), meta
     return tensors, meta
@@ -295,32 +296,13 @@ def _check_same_d(dims: dict[int, int], where: str) -> None:
 
 
 def canonical_bytes(ds: DirectionSet) -> bytes:
-    """The canonical file's bytes, written by hand to the safetensors layout.
-
-    The safetensors library serialises its header from a hash map, so the same tensors and metadata
-    can come out in a different key order run to run; a published tree must be byte-identical.
-    Layout: u64 little-endian header length, JSON header (sorted keys, padded with spaces to 8 bytes),
-    then the float32 data of each tensor in layer order.
-    """
-    import json
-    import struct
-
-    header: dict[str, Any] = {"__metadata__": dict(sorted(ds.metadata().items()))}
-    blobs, offset = [], 0
-    for i in ds.layer_ids:
-        data = ds.layers[i].detach().to("cpu", torch_float32()).contiguous().numpy().astype("<f4").tobytes()
-        header[f"layer.{i}"] = {"dtype": "F32", "shape": [len(data) // 4], "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
-    text += b" " * (-len(text) % 8)
-    return struct.pack("<Q", len(text)) + text + b"".join(blobs)
-
-
-def torch_float32():
+    """The canonical file's bytes: float32 ``layer.<i>`` tensors, data in layer order, and the string metadata,
+    byte for byte the same every time (the layout: :func:`~hubkit.formats.safetensors_io.safetensors_bytes`)."""
     import torch
 
-    return torch.float32
+    tensors = {f"layer.{i}": ds.layers[i].detach().to("cpu", torch.float32).contiguous().numpy().reshape(-1)
+               for i in ds.layer_ids}
+    return safetensors_bytes(tensors, ds.metadata(), in_order=True)
 
 
 def write_canonical(ds: DirectionSet, path: str | Path) -> None:
@@ -330,36 +312,22 @@ def write_canonical(ds: DirectionSet, path: str | Path) -> None:
     path.write_bytes(canonical_bytes(ds))
 
 
-def _canonical_header(path: str | Path, where: str) -> tuple[dict[str, str], dict[int, tuple[str, dict]], int]:
-    from hubkit.errors import PlanError
-    from hubkit.formats.safetensors_io import read_header
-
-    try:
-        header, start = read_header(Path(path))
-    except PlanError as e:  # its message names the real path; show the repo-relative one
-        raise DirectionError(f"{where}: {first_line(e).removeprefix(f'{path}: ')}") from e
-    raw_meta = header.pop("__metadata__", None) or {}
-    if not isinstance(raw_meta, dict):
-        raise DirectionError(f"{where}: __metadata__ is not an object")
-    entries: dict[int, tuple[str, dict]] = {}
-    for key, info in header.items():
-        shape = info.get("shape") if isinstance(info, dict) else None
-        if (not isinstance(shape, list) or len(shape) != 1 or not isinstance(shape[0], int)
-                or isinstance(shape[0], bool) or not 0 < shape[0] < 1 << 40):
-            raise DirectionError(f"{where}: tensor {key!r} has shape {shape}, a direction is one [d] vector a layer")
-        off = info.get("data_offsets")
-        if (not isinstance(info.get("dtype"), str) or not isinstance(off, list) or len(off) != 2
-                or not all(isinstance(o, int) and not isinstance(o, bool) for o in off) or not 0 <= off[0] <= off[1]
-                or start + off[1] > Path(path).stat().st_size):
-            raise DirectionError(f"{where}: tensor {key!r} has a bad dtype or data_offsets")
+def _canonical_header(path: str | Path, where: str) -> tuple[dict[str, str], dict[int, TensorEntry], int]:
+    """The format's checks (:func:`~hubkit.formats.safetensors_io.safetensors_header`), then a direction file's:
+    one ``[d]`` vector per layer key, no layer twice, at least one, one d."""
+    meta, tensors, start = safetensors_header(path, where, error=DirectionError)
+    entries: dict[int, TensorEntry] = {}
+    for key, t in tensors.items():
+        if len(t.shape) != 1 or not 0 < t.shape[0] < 1 << 40:
+            raise DirectionError(f"{where}: tensor {key!r} has shape {list(t.shape)}, a direction is one [d] vector a layer")
         i = _layer_key(key, where)
         if i in entries:
-            raise DirectionError(f"{where}: keys {entries[i][0]!r} and {key!r} both name layer {i}")
-        entries[i] = (key, info)
+            raise DirectionError(f"{where}: keys {entries[i].key!r} and {key!r} both name layer {i}")
+        entries[i] = t
     if not entries:
         raise DirectionError(f"{where}: no tensors")
-    _check_same_d({i: int(info["shape"][0]) for i, (_, info) in entries.items()}, where)
-    return {str(k): str(v) for k, v in raw_meta.items()}, dict(sorted(entries.items())), start
+    _check_same_d({i: t.shape[0] for i, t in entries.items()}, where)
+    return meta, dict(sorted(entries.items())), start
 
 
 def canonical_layout(path: str | Path, display: str | None = None) -> tuple[dict[str, str], dict[int, int]]:
@@ -369,10 +337,7 @@ def canonical_layout(path: str | Path, display: str | None = None) -> tuple[dict
     the vector itself (:func:`canonical_vector`) only when the compute starts.
     """
     meta, entries, _ = _canonical_header(path, display or str(path))
-    return meta, {i: int(info["shape"][0]) for i, (_, info) in entries.items()}
-
-
-_NUMPY_FLOATS = {"F32": "<f4", "F64": "<f8", "F16": "<f2", "BF16": "<u2"}  # bfloat16 read as its bits
+    return meta, {i: t.shape[0] for i, t in entries.items()}
 
 
 def _canonical_arrays(path: str | Path, where: str, only: int | None = None) -> tuple[dict[str, str], dict[int, Any]]:
@@ -381,30 +346,13 @@ def _canonical_arrays(path: str | Path, where: str, only: int | None = None) -> 
     The one reader of the format, torch-free: :func:`canonical_vector` (what a CPU ``regenerate`` needs) and
     :func:`read_canonical` (a :class:`DirectionSet`) both go through it.
     """
-    import numpy as np
-
-    from hubkit.formats.safetensors_io import bf16_to_float32
-
     meta, entries, start = _canonical_header(path, where)
     if only is not None:
         if only not in entries:
             raise DirectionError(f"{where}: no layer {only}; has {layer_span(list(entries), 'none')}")
         entries = {only: entries[only]}
-    arrays: dict[int, Any] = {}
-    with open(path, "rb") as f:
-        for i, (key, info) in entries.items():
-            dtype = _NUMPY_FLOATS.get(info.get("dtype"))
-            if dtype is None:
-                raise DirectionError(
-                    f"{where}: tensor '{key}' is {info.get('dtype')}; a direction file holds F32, F64, F16 or BF16"
-                )
-            b, e = info["data_offsets"]
-            f.seek(start + b)
-            raw = f.read(e - b)
-            if len(raw) != e - b or (e - b) != int(info["shape"][0]) * np.dtype(dtype).itemsize:
-                raise DirectionError(f"{where}: tensor '{key}' has {len(raw)} bytes of data, its header says {e - b}")
-            vec = np.frombuffer(raw, dtype)
-            arrays[i] = bf16_to_float32(vec) if dtype == "<u2" else vec.astype(np.float32)
+    vectors = read_tensors(path, where, entries.values(), start, error=DirectionError)
+    arrays = {i: vectors[t.key] for i, t in entries.items()}
     _check_values(arrays, where)
     return meta, arrays
 

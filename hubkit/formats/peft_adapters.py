@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from hubkit.errors import ArtifactError, PickleRefused, ProvenanceError
-from hubkit.formats.safefiles import FileHashes, file_hashes, read_json_file, safetensors_header
+from hubkit.formats.safefiles import FileHashes, file_hashes, read_json_file
+from hubkit.formats.safetensors_io import safetensors_header
 
 CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
@@ -31,7 +32,7 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 PEFT_DEFAULTS: dict[str, Any] = {"r": 8, "lora_alpha": 8, "lora_dropout": 0.0, "use_rslora": False,
                                  "target_modules": None, "use_dora": False, "bias": "none"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
-_WEIGHT_DTYPES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8}
+_WEIGHT_DTYPES = ("F32", "F16", "BF16", "F64")
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])(\.[A-Za-z0-9_]+)?\.weight$")
 
 

@@ -1,10 +1,8 @@
-"""Reading untrusted small files without surprises, and writing byte-deterministic ones.
+"""Reading small untrusted files without surprises, and hashing files for a card.
 
-* :func:`strict_json` - JSON with a size bound, no duplicate keys (``{"a": 1, "a": 2}`` would let a file
-  show one value to one reader and another to the next) and no ``NaN``/``Infinity``.
-* :func:`safetensors_header` / :func:`read_safetensors` - the safetensors layout parsed by hand: bounded
-  header, every tensor's offsets inside the data region and matching its shape. No torch, no library.
-* :func:`safetensors_bytes` - the writer: sorted JSON header padded to 8 bytes, data in sorted key order.
+* :func:`strict_json` - no duplicate keys (``{"a": 1, "a": 2}`` would let a file show one value to one
+  reader and another to the next) and no ``NaN``/``Infinity``; :func:`read_json_file` adds a size bound.
+  (The safetensors format, whose header is strict JSON too, has its one owner: ``formats/safetensors_io``.)
 * :func:`file_hashes` - size, md5 and sha256 in one streamed pass.
 """
 
@@ -12,20 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import struct
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from hubkit.errors import HubkitError, first_line
 
-from hubkit.errors import DirectionError, HubkitError, first_line
-from hubkit.formats.hashing import sha256_file  # noqa: F401  (re-exported: the one streamed sha256)
-
-MAX_HEADER_BYTES = 100 << 20
 MAX_JSON_BYTES = 1 << 20
-NUMPY_DTYPES = {"F32": "<f4", "F64": "<f8", "F16": "<f2", "BF16": "<u2"}  # BF16 read as its bits
 
 
 def _fail(error: type[HubkitError], where: str, place: str | None, problem: str) -> HubkitError:
@@ -62,103 +53,8 @@ def read_json_file(path: Path, where: str, *, error: type[HubkitError],
         return strict_json(raw.decode("utf-8"))
     except OSError as e:
         raise _fail(error, where, None, f"unreadable ({first_line(e)})") from e
-    except ValueError as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError, JSONDecodeError; deep nesting recurses
         raise _fail(error, where, None, f"not valid JSON ({first_line(e)})") from e
-
-
-@dataclass(frozen=True)
-class TensorEntry:
-    key: str
-    dtype: str
-    shape: tuple[int, ...]
-    begin: int  # offsets inside the data region
-    end: int
-
-
-def safetensors_header(path: Path, where: str, *, error: type[HubkitError] = DirectionError,
-                       dtypes: Mapping[str, int] | None = None
-                       ) -> tuple[dict[str, str], dict[str, TensorEntry], int]:
-    """Metadata, tensor entries and the data region's start, from the header alone (nothing else is read).
-
-    ``dtypes`` maps the accepted dtype names to their item size (default: the float types).
-    """
-    sizes = dtypes or {k: np.dtype(v).itemsize for k, v in NUMPY_DTYPES.items()}
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            raw = f.read(8)
-            if len(raw) != 8:
-                raise _fail(error, where, None, "not a safetensors file (shorter than 8 bytes)")
-            (n,) = struct.unpack("<Q", raw)
-            if n > MAX_HEADER_BYTES or 8 + n > size:
-                raise _fail(error, where, None,
-                            f"not a safetensors file (header length {n}, file size {size})")
-            header = strict_json(f.read(n))
-    except OSError as e:
-        raise _fail(error, where, None, f"unreadable ({first_line(e)})") from e
-    except ValueError as e:
-        raise _fail(error, where, None, f"unreadable safetensors header ({first_line(e)})") from e
-    if not isinstance(header, dict):
-        raise _fail(error, where, None, "safetensors header is not a JSON object")
-    meta = header.pop("__metadata__", None) or {}
-    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
-        raise _fail(error, where, "__metadata__", "must map strings to strings")
-    data_len = size - 8 - n
-    entries: dict[str, TensorEntry] = {}
-    for key, info in header.items():
-        place = f"tensor '{key}'"
-        if not isinstance(info, dict):
-            raise _fail(error, where, place, "header entry is not an object")
-        dtype = info.get("dtype")
-        if not isinstance(dtype, str) or dtype not in sizes:
-            raise _fail(error, where, place, f"dtype {dtype!r}; accepted: {', '.join(sizes)}")
-        shape, offsets = info.get("shape"), info.get("data_offsets")
-        if (not isinstance(shape, list) or not all(type(s) is int and s >= 0 for s in shape)
-                or not isinstance(offsets, list) or len(offsets) != 2
-                or not all(type(o) is int for o in offsets)):
-            raise _fail(error, where, place, f"malformed shape {shape!r} or data_offsets {offsets!r}")
-        begin, end = offsets
-        want = int(np.prod(shape, dtype=np.int64)) * sizes[dtype]
-        if not 0 <= begin <= end <= data_len or end - begin != want:
-            raise _fail(error, where, place, f"data_offsets {offsets} do not hold the {want} bytes of shape "
-                        f"{shape} inside the {data_len}-byte data region")
-        entries[key] = TensorEntry(key, dtype, tuple(shape), begin, end)
-    return {str(k): v for k, v in meta.items()}, entries, 8 + n
-
-
-def read_safetensors(path: Path, where: str, *, error: type[HubkitError] = DirectionError
-                     ) -> tuple[dict[str, str], dict[str, np.ndarray], dict[str, str]]:
-    """Metadata, tensors (float32 numpy) and their stored dtype names; float dtypes only."""
-    meta, entries, start = safetensors_header(path, where, error=error)
-    tensors: dict[str, np.ndarray] = {}
-    with open(path, "rb") as f:
-        for key, t in entries.items():
-            f.seek(start + t.begin)
-            raw = f.read(t.end - t.begin)
-            arr = np.frombuffer(raw, NUMPY_DTYPES[t.dtype]).reshape(t.shape)
-            if t.dtype == "BF16":
-                arr = (arr.astype(np.uint32) << 16).view(np.float32)
-            tensors[key] = arr.astype(np.float32)
-    return meta, tensors, {k: t.dtype for k, t in entries.items()}
-
-
-def safetensors_bytes(tensors: Mapping[str, Any], metadata: Mapping[str, str]) -> bytes:
-    """A safetensors file's bytes (float arrays written as little-endian F32), identical run to run.
-
-    The safetensors library serialises its header from a hash map, so key order can vary; here the header is
-    JSON with sorted keys, padded with spaces to a multiple of 8, and the data follow in sorted key order.
-    """
-    header: dict[str, Any] = {"__metadata__": dict(sorted(metadata.items()))}
-    blobs, offset = [], 0
-    for key in sorted(tensors):
-        a = np.ascontiguousarray(tensors[key], dtype="<f4")
-        data = a.tobytes()
-        header[key] = {"dtype": "F32", "shape": list(a.shape), "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
-    text += b" " * (-len(text) % 8)
-    return struct.pack("<Q", len(text)) + text + b"".join(blobs)
 
 
 @dataclass(frozen=True)

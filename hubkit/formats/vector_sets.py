@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hubkit.errors import DirectionError, PickleRefused, first_line
-from hubkit.formats.safefiles import read_safetensors, safetensors_bytes, sha256_file
+from hubkit.formats.hashing import sha256_file
+from hubkit.formats.safetensors_io import read_safetensors, safetensors_bytes
 
 if TYPE_CHECKING:
     import torch
@@ -374,7 +375,7 @@ def _load_pt(path: Path, where: str) -> Any:
 
 def _read_safetensors_rows(path: Path, where: str) -> tuple[dict[str, np.ndarray], list[int], dict[str, str]]:
     """``<member>.layer.<i>`` tensors -> ``{member: [n_layers, d]}`` with rows in ascending layer order."""
-    meta, tensors, _ = read_safetensors(path, where)
+    meta, tensors, _ = read_safetensors(path, where, error=DirectionError)
     per: dict[str, dict[int, np.ndarray]] = {}
     for key, arr in tensors.items():
         match = _KEY.match(key)
@@ -436,7 +437,7 @@ def read_canonical(path: str | Path, display: str | None = None) -> VectorSet:
     """Read a canonical file back (torch-free): F32 only, exactly members × layers tensors, checked values."""
     path = Path(path)
     where = display or str(path)
-    meta, tensors, header_dtypes = read_safetensors(path, where)
+    meta, tensors, header_dtypes = read_safetensors(path, where, error=DirectionError)
     if meta.get("format") != FORMAT:
         raise _fail(where, "metadata 'format'", f"{meta.get('format')!r}, expected '{FORMAT}'")
     members = _check_members(_meta_json(meta, "members", where, list), where)
