@@ -15,6 +15,9 @@ source shards are read once before each run (warm page cache) unless ``--cold`` 
 ``--small-layers N`` also runs hubkit on an N-block variant, to show peak RSS does not grow with the model.
 ``--baseline DIR`` runs an earlier hubkit package too (``-before``), alternating with this one. Shard sha256s
 of every hubkit run are compared: each recipe's runs must agree, and the seed recipe's with the baseline's.
+Before the timed runs one untimed ``regenerate`` lets numba compile and cache the kernels (its wall time is
+reported as ``first_run_s``: what the first run on a machine pays once). ``--lora`` also times
+``hubkit export lora`` of every recipe on the same checkpoint (it reads only the targeted tensors).
 
     python benchmarks/bench_regenerate.py --workdir /tmp/bench [--layers 8] [--recipes seed,pre,preserve]
         [--repeats 3] [--baseline DIR] [--transformers none]
@@ -203,6 +206,7 @@ def main() -> None:
         "also run it as hubkit-DEVICE-before, alternating with the current one (an A/B in one run)",
     )
     ap.add_argument("--keep", action="store_true", help="keep the checkpoints")
+    ap.add_argument("--lora", action="store_true", help="also time `hubkit export lora` of every recipe")
     ap.add_argument("--moe", action="store_true",
                     help="a Qwen3-30B-A3B-shaped MoE checkpoint (d=2048, 128 experts) of --layers blocks instead")
     ap.add_argument("--label", default=platform.node() or "local")
@@ -259,6 +263,10 @@ def main() -> None:
     if args.baseline:
         versions.append(("-before", {**env, "PYTHONPATH": str(args.baseline.resolve())}))
     out = work / "out"
+    first = _child([py, "-P", "-m", "hubkit.cli", "regenerate", str(recipes[names[0]][0]), "--base-model", str(ckpt),
+                    "--out", str(out), "--no-progress"], env)
+    shutil.rmtree(out, ignore_errors=True)
+    print(f"  first run (numba compiles and caches the kernels, untimed): {first['wall_s']} s", flush=True)
     for _ in range(args.repeats):
         run("copy", [py, "-c", COPY_SNIPPET, str(ckpt), str(out)], out)
         for name, (recipe, _) in recipes.items():
@@ -266,6 +274,10 @@ def main() -> None:
                 argv = [py, "-P", "-m", "hubkit.cli", "regenerate", str(recipe), "--base-model", str(ckpt)]
                 run(f"hubkit-{name}{suffix}", [*argv, "--out", str(out), "--no-progress"], out,
                     child_env=version_env)
+    if args.lora:
+        for name, (recipe, _) in recipes.items():
+            run(f"lora-{name}", [py, "-P", "-m", "hubkit.cli", "export", "lora", str(recipe), "--base-model", str(ckpt),
+                                 "-o", str(out)], out)
     for dev in tdevs_list:
         run(
             f"transformers-{dev}", [py, "-c", TRANSFORMERS_SNIPPET, str(ckpt), str(out), str(rfile), dev], out
@@ -336,6 +348,7 @@ def main() -> None:
         },
         "small_checkpoint_bytes": _size(small) if small else None,
         "cold_cache": args.cold,
+        "first_run_s": first["wall_s"],
         "runs": results,
         "median_wall_s": {k: median(k) for k in results},
         "ratio_to_copy": {k: round(median(k) / copy_s, 3) for k in results if median(k) and copy_s},
@@ -350,6 +363,7 @@ def main() -> None:
     )
     print("| run | median wall (s) | vs copy | peak RSS (MiB) |\n| --- | ---: | ---: | ---: |")
     print("\n".join(rows))
+    print(f"\nfirst run on this machine (numba compiling the kernels, untimed): {first['wall_s']} s")
     for k, v in speedups.items():
         print(f"\nspeed-up, {k}: {v}×")
     print(f"\nhubkit shard hashes identical across each recipe's runs: {deterministic}")
