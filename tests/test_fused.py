@@ -420,6 +420,16 @@ def _with_edit(plan: wplan.TensorPlan, weight: float, norm: str) -> wplan.Tensor
     return dataclasses.replace(plan, ops=ops)
 
 
+def _without_numba(m: pytest.MonkeyPatch) -> None:
+    """As if numba were not installed: ``import numba`` raises ImportError, and hubkit.weights.fused is imported
+    afresh (so the executor's import of it fails and it falls back to the numpy kernels)."""
+    import hubkit.weights
+
+    m.setitem(sys.modules, "numba", None)  # import numba → ImportError
+    m.delitem(sys.modules, "hubkit.weights.fused")
+    m.delattr(hubkit.weights, "fused")
+
+
 @pytest.mark.parametrize("family", ["qwen3_5", "llama_bias_bf16", "qwen3_moe", "gpt_oss_f16"])
 def test_executor_without_numba_gives_the_same_bytes(family: str, ckpts: dict[str, Path],
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
@@ -432,7 +442,7 @@ def test_executor_without_numba_gives_the_same_bytes(family: str, ckpts: dict[st
         plan = _with_edit(base, weight, norm)
         with_numba = ab.execute_plan(plan, src, None, r, progress=False)
         with monkeypatch.context() as m:
-            m.setattr(ab, "_load_fused", lambda: None)
+            _without_numba(m)
             without = ab.execute_plan(plan, src, None, r, progress=False)
         assert with_numba.shards_sha256 == without.shards_sha256, (weight, norm)
         for a, b in zip(with_numba.checks, without.checks, strict=True):
@@ -442,11 +452,7 @@ def test_executor_without_numba_gives_the_same_bytes(family: str, ckpts: dict[st
 
 
 def test_numba_import_failure_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
-    import hubkit.weights
-
-    monkeypatch.setitem(sys.modules, "numba", None)  # import numba → ImportError
-    monkeypatch.delitem(sys.modules, "hubkit.weights.fused")
-    monkeypatch.delattr(hubkit.weights, "fused")
+    _without_numba(monkeypatch)
     assert ab._load_fused() is None
     k = ab._cpu_kernels("BF16", kn.unit_vector(np.ones(8)), "fused", None, ab._Blocks())
     assert isinstance(k, kn.NumpyKernels)

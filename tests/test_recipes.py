@@ -281,7 +281,6 @@ def _logits(model, ids: torch.Tensor) -> torch.Tensor:
 def test_ablate_with_a_recipe_equals_the_regenerated_weights(family: str, regen: dict, bases: dict[str, Path],
                                                               tmp_path: Path) -> None:
     from hubkit.use.steering import ablate
-    from tests.test_abliterate import _load
 
     staged = stage(tmp_path / "s", regen)
     if family == "llama":
@@ -290,7 +289,7 @@ def test_ablate_with_a_recipe_equals_the_regenerated_weights(family: str, regen:
             regen["weight"] = {**regen["weight"], "lm_head": 0.9}
         staged = stage(tmp_path / "s2", regen)
     rg.regenerate(staged, base_model=bases[family], out=tmp_path / "o", progress=False)
-    base, edited = _load(bases[family]).float(), _load(tmp_path / "o").float()
+    base, edited = tm.load_checkpoint(bases[family]).float(), tm.load_checkpoint(tmp_path / "o").float()
     ids = torch.randint(0, tm.VOCAB, (2, 9), generator=torch.Generator().manual_seed(0))
     with ablate(base, staged):
         hooked = _logits(base, ids)
@@ -305,11 +304,10 @@ def test_ablate_with_a_recipe_equals_the_regenerated_weights(family: str, regen:
 
 def test_ablate_refuses_row_norm_recipes(bases: dict[str, Path], tmp_path: Path) -> None:
     from hubkit.use.steering import ablate
-    from tests.test_abliterate import _load
 
     staged = stage(tmp_path / "s", {"layer": 1, "targets": ["attn_out"], "norm": "preserve"})
     with pytest.raises(PlanError, match="no hook reproduces it; use `hubkit export lora`"):
-        with ablate(_load(bases["llama"]), staged):
+        with ablate(tm.load_checkpoint(bases["llama"]), staged):
             pass
 
 
@@ -327,7 +325,6 @@ def test_export_lora_gives_the_regenerated_model(family: str, regen: dict, bases
     from peft import PeftModel
 
     from hubkit.weights.lora import export_lora
-    from tests.test_abliterate import _load
 
     staged = stage(tmp_path / "s", regen)
     rank = tm.HIDDEN if regen.get("norm") == "preserve" else 3  # full rank: preserve is exact only there
@@ -337,9 +334,9 @@ def test_export_lora_gives_the_regenerated_model(family: str, regen: dict, bases
     assert config["base_model_name_or_path"] == str(bases[family]) and config["lora_alpha"] == config["r"]
     assert set(config["target_modules"]) == {m.module for m in res.modules}
     ids = torch.randint(0, tm.VOCAB, (2, 9), generator=torch.Generator().manual_seed(1))
-    peft = PeftModel.from_pretrained(_load(bases[family]).float(), tmp_path / "lora").eval()
-    got, want = _logits(peft, ids), _logits(_load(tmp_path / "o").float(), ids)
-    plain = _logits(_load(bases[family]).float(), ids)
+    peft = PeftModel.from_pretrained(tm.load_checkpoint(bases[family]).float(), tmp_path / "lora").eval()
+    got, want = _logits(peft, ids), _logits(tm.load_checkpoint(tmp_path / "o").float(), ids)
+    plain = _logits(tm.load_checkpoint(bases[family]).float(), ids)
     change = float((plain - want).abs().max())
     tol = 0.05 * change if family.endswith("bf16") else 1e-4  # bf16: the rebuilt weights are rounded, the LoRA not
     assert change > 1e-3 and float((got - want).abs().max()) <= tol, (float((got - want).abs().max()), change)

@@ -7,7 +7,7 @@ transformers initialises to zero are filled with random values so that a bias ed
 For each family there is ``build_<family>_model(...)`` (an in-memory model, eval mode) and
 ``save_<family>(dir, ...) -> Path`` (a folder laid out like a Hub checkpoint: config, generation config,
 safetensors shards, a tiny tokenizer). ``max_shard_size`` (e.g. ``"20KB"``) gives a sharded checkpoint
-with ``model.safetensors.index.json``.
+with ``model.safetensors.index.json``. ``load_checkpoint(dir)`` loads such a folder back with transformers.
 
 Families:
 - ``qwen3_5``: Qwen3.5 VLM wrapper (``model.language_model.*`` + ``model.visual.*``), hybrid Gated
@@ -41,6 +41,7 @@ __all__ = [
     "build_llama_model",
     "build_qwen3_5_model",
     "build_qwen3_moe_model",
+    "load_checkpoint",
     "save_gpt_oss",
     "save_llama",
     "save_model",
@@ -341,3 +342,16 @@ def save_gpt_oss(
 ) -> Path:
     """Save the tiny GPT-OSS; experts stay fused (``down_proj`` ``[E, i, d]``, ``down_proj_bias`` ``[E, d]``)."""
     return save_model(build_gpt_oss_model(seed), path, dtype=dtype, max_shard_size=max_shard_size)
+
+
+def load_checkpoint(path: str | Path):
+    """A saved checkpoint folder loaded with transformers (eval mode): the Qwen3.5 VLM as image-text-to-text,
+    every other family as a causal LM."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+
+    cls = (
+        AutoModelForImageTextToText
+        if AutoConfig.from_pretrained(path).model_type == "qwen3_5"
+        else AutoModelForCausalLM
+    )
+    return cls.from_pretrained(path).eval()

@@ -1,9 +1,11 @@
-"""hubkit.abliterate: the name-pattern plan and the streaming shard rewrite.
+"""hubkit.weights.executor: the streaming shard rewrite, against the seed reference.
 
 The reference here edits the *loaded transformers modules* the seed way (float64, module by module, found by
 walking the model rather than by tensor names), so it shares no code with hubkit's name tables or chunked
 math. hubkit's output must equal it within one rounding step of the dtype, leave every other byte alone,
-load with transformers, and give blocks whose writes have no component along r.
+load with transformers, and give blocks whose writes have no component along r. Then: the same bytes however
+the work is cut (shards, chunks, pipelines, helpers, kernels), nothing left behind when any stream dies, and
+the refusals.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -49,17 +50,6 @@ def ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 # ---------------------------------------------------------------- reference: the seed recipe on modules
-
-
-def _load(path: Path):
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
-
-    cls = (
-        AutoModelForImageTextToText
-        if AutoConfig.from_pretrained(path).model_type == "qwen3_5"
-        else AutoModelForCausalLM
-    )
-    return cls.from_pretrained(path).eval()
 
 
 def _decoder_layers(model) -> torch.nn.ModuleList:
@@ -121,173 +111,6 @@ def _rounding(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).eps
 
 
-# ---------------------------------------------------------------- the plan (pure)
-
-
-def _index(shapes: dict[str, tuple[int, ...]], dtype: str = "BF16") -> tuple[dict, list]:
-    """(tensors, shards) of a fake one-shard checkpoint: build_plan's inputs without any file."""
-    tensors, off = {}, 0
-    for name, shape in shapes.items():
-        n = 2 * int(torch.tensor(shape).prod()) if shape else 2
-        tensors[name] = stio.TensorInfo(name, "model.safetensors", dtype, shape, off, off + n)
-        off += n
-    return tensors, [stio.ShardInfo("model.safetensors", off, 0)]
-
-
-def _qwen3_5_names(layers: int = 4) -> dict[str, tuple[int, ...]]:
-    p = "model.language_model."
-    names = {
-        p + "embed_tokens.weight": (100, D),
-        p + "norm.weight": (D,),
-        "model.visual.blocks.0.attn.proj.weight": (32, 32),
-        "model.visual.merger.linear_fc2.weight": (D, 128),
-        "mtp.layers.0.self_attn.o_proj.weight": (D, 64),
-        "mtp.layers.0.mlp.down_proj.weight": (D, 128),
-        "mtp.fc.weight": (D, 2 * D),
-    }
-    for i in range(layers):
-        b = f"{p}layers.{i}."
-        if (i + 1) % 4:
-            names[b + "linear_attn.out_proj.weight"] = (D, 64)
-            names[b + "linear_attn.in_proj_qkv.weight"] = (128, D)
-        else:
-            names[b + "self_attn.o_proj.weight"] = (D, 64)
-            names[b + "self_attn.q_proj.weight"] = (128, D)
-        names[b + "mlp.down_proj.weight"] = (D, 128)
-        names[b + "mlp.up_proj.weight"] = (128, D)
-        names[b + "input_layernorm.weight"] = (D,)
-    return names
-
-
-QWEN3_5_CONFIG = {
-    "model_type": "qwen3_5",
-    "tie_word_embeddings": True,
-    "text_config": {"model_type": "qwen3_5_text", "hidden_size": D, "num_hidden_layers": 4},
-}
-
-
-def test_plan_qwen3_5_hybrid_vlm_touches_only_residual_writers() -> None:
-    tensors, shards = _index(_qwen3_5_names())
-    plan = wplan.build_plan(QWEN3_5_CONFIG, tensors, shards)
-    got = {op.name: (op.target, op.kind, op.layer) for op in plan.ops}
-    p = "model.language_model."
-    assert got == {
-        p + "embed_tokens.weight": ("embed_tokens", "rows", None),
-        **{f"{p}layers.{i}.linear_attn.out_proj.weight": ("attn_out", "cols", i) for i in (0, 1, 2)},
-        p + "layers.3.self_attn.o_proj.weight": ("attn_out", "cols", 3),
-        **{f"{p}layers.{i}.mlp.down_proj.weight": ("mlp_down", "cols", i) for i in range(4)},
-    }
-    assert plan.root == p and plan.tied and plan.family == "qwen3_5"
-    assert any("unembedding" in n for n in plan.notes)
-    assert "linear_attn.out_proj" in plan.render() and "mtp." not in plan.render()
-
-
-def test_plan_targets_subset_and_lm_head_opt_in() -> None:
-    names = {"model.embed_tokens.weight": (100, D), "lm_head.weight": (100, D)}
-    for i in range(2):
-        names[f"model.layers.{i}.self_attn.o_proj.weight"] = (D, D)
-        names[f"model.layers.{i}.mlp.down_proj.weight"] = (D, 96)
-    cfg = {"model_type": "llama", "hidden_size": D, "num_hidden_layers": 2, "tie_word_embeddings": False}
-    tensors, shards = _index(names)
-    plan = wplan.build_plan(cfg, tensors, shards)
-    assert "lm_head.weight" not in {op.name for op in plan.ops} and not plan.tied
-    assert any("left alone" in n for n in plan.notes)
-    plan = wplan.build_plan(cfg, tensors, shards, ["mlp_down", "lm_head"])
-    assert {op.target for op in plan.ops} == {"mlp_down", "lm_head"}
-    assert plan.counts() == {"mlp_down": 2, "lm_head": 1}
-
-
-def test_plan_moe_layouts() -> None:
-    e, i = 4, 32
-    names = {"model.embed_tokens.weight": (100, D)}
-    names["model.layers.0.self_attn.o_proj.weight"] = (D, D)
-    names["model.layers.0.mlp.experts.down_proj"] = (e, i, D)  # GPT-OSS: d last
-    names["model.layers.0.mlp.experts.down_proj_bias"] = (e, D)
-    names["model.layers.0.mlp.experts.gate_up_proj"] = (e, D, 2 * i)
-    cfg = {"model_type": "gpt_oss", "hidden_size": D, "num_hidden_layers": 1}
-    kinds = {op.name: op.kind for op in wplan.build_plan(cfg, *_index(names)).ops}
-    assert kinds == {
-        "model.embed_tokens.weight": "rows",
-        "model.layers.0.self_attn.o_proj.weight": "cols",
-        "model.layers.0.mlp.experts.down_proj": "rows",
-        "model.layers.0.mlp.experts.down_proj_bias": "rows",
-    }
-
-    fused = {
-        "model.embed_tokens.weight": (100, D),
-        "model.layers.0.self_attn.o_proj.weight": (D, D),
-        "model.layers.0.mlp.experts.down_proj": (e, D, i),
-        "model.layers.0.mlp.shared_expert.down_proj.weight": (D, 48),
-    }
-    tensors, shards = _index(fused)
-    plan = wplan.build_plan(
-        {"model_type": "qwen3_moe", "hidden_size": D, "num_hidden_layers": 1}, tensors, shards
-    )
-    by = {op.name: op.kind for op in plan.ops}
-    assert by["model.layers.0.mlp.experts.down_proj"] == "cols"
-    assert "model.layers.0.mlp.shared_expert.down_proj.weight" in by
-
-    mixtral = {
-        "model.embed_tokens.weight": (100, D),
-        "model.layers.0.self_attn.o_proj.weight": (D, D),
-        **{f"model.layers.0.block_sparse_moe.experts.{j}.w2.weight": (D, i) for j in range(e)},
-    }
-    tensors, shards = _index(mixtral)
-    plan = wplan.build_plan({"model_type": "mixtral", "hidden_size": D, "num_hidden_layers": 1}, tensors, shards)
-    assert plan.counts() == {"embed_tokens": 1, "attn_out": 1, "mlp_down": e}
-
-
-def test_plan_gemma2_notes_sandwich_norms() -> None:
-    names = {
-        "model.embed_tokens.weight": (100, D),
-        "model.layers.0.self_attn.o_proj.weight": (D, D),
-        "model.layers.0.mlp.down_proj.weight": (D, 96),
-    }
-    plan = wplan.build_plan({"model_type": "gemma2", "hidden_size": D, "num_hidden_layers": 1}, *_index(names))
-    assert any("post-attention" in n for n in plan.notes)
-
-
-def test_nothing_matches_is_an_error() -> None:
-    cfg = {"model_type": "llama", "hidden_size": D, "num_hidden_layers": 2}
-    with pytest.raises(PlanError, match="no decoder blocks"):
-        wplan.build_plan(cfg, *_index({"transformer.h.0.attn.c_proj.weight": (D, D)}))
-    names = {
-        "model.embed_tokens.weight": (100, D),
-        "model.layers.0.self_attn.o_proj.weight": (D, D),
-        "model.layers.0.mlp.down_proj.weight": (D, 96),
-        "model.layers.1.mlp.down_proj.weight": (D, 96),
-        "model.layers.1.mixer.out.weight": (D, D),
-    }
-    with pytest.raises(PlanError, match=r"block\(s\) 1 have no attn_out"):
-        wplan.build_plan(cfg, *_index(names))
-    with pytest.raises(PlanError, match="unknown"):
-        wplan.build_plan(cfg, *_index(names), ["everything"])
-
-
-def test_quantized_or_misshapen_targets_are_refused() -> None:
-    names = {
-        "model.embed_tokens.weight": (100, D),
-        "model.layers.0.self_attn.o_proj.weight": (D, D),
-        "model.layers.0.mlp.down_proj.weight": (D, 96),
-    }
-    tensors, shards = _index(names)
-    tensors["model.layers.0.self_attn.o_proj.weight"] = stio.TensorInfo(
-        "model.layers.0.self_attn.o_proj.weight", "model.safetensors", "U8", (D, D // 2), 0, 1
-    )
-    cfg = {"model_type": "llama", "hidden_size": D, "num_hidden_layers": 1}
-    with pytest.raises(PlanError, match="U8.*unquantized"):
-        wplan.build_plan(cfg, tensors, shards)
-    tensors, shards = _index({**names, "model.layers.0.mlp.down_proj.weight": (96, D)})
-    with pytest.raises(PlanError, match=r"down_proj.weight has shape \[96, 64\]"):
-        wplan.build_plan(cfg, tensors, shards)
-
-
-def test_lm_head_target_with_tied_embeddings_is_refused() -> None:
-    tensors, shards = _index(_qwen3_5_names())
-    with pytest.raises(PlanError, match="no lm_head tensor"):
-        wplan.build_plan(QWEN3_5_CONFIG, tensors, shards, ["attn_out", "lm_head"])
-
-
 # ---------------------------------------------------------------- streaming vs the seed reference
 
 
@@ -317,11 +140,11 @@ def test_matches_seed_reference_and_leaves_other_bytes(
         assert a[pos:] == b[pos:]
 
     # equal to the seed recipe applied to the loaded modules, within one rounding step
-    ref = _load(src)
+    ref = tm.load_checkpoint(src)
     edited = seed_abliterate(ref, r)
     for name in ["generation_config.json", "tokenizer.json", "tokenizer_config.json"]:
         (out / name).write_bytes((src / name).read_bytes())
-    got = _load(out)
+    got = tm.load_checkpoint(out)
     got_params = dict(got.named_parameters())
     assert edited, "the reference edited nothing"
     for name, p_ref in ref.named_parameters():
@@ -342,7 +165,7 @@ def test_block_outputs_have_no_component_along_r(case: str, ckpts: dict[str, Pat
     ab.abliterate_checkpoint(
         src, tmp_path / "out", r, progress=False, copy_files=["config.json", "generation_config.json"]
     )
-    model = _load(tmp_path / "out")
+    model = tm.load_checkpoint(tmp_path / "out")
     stored = next(model.parameters()).dtype
     tol = 1e-5 if stored == torch.float32 else _rounding(stored)  # one rounding step of the stored weights
     model = model.float()
@@ -427,73 +250,6 @@ def test_deterministic_and_blocking_invariant(
     base, new = load_file(src / "model.safetensors"), load_file(out / "model.safetensors")
     for op in plan.ops:
         assert torch.equal(ortho.orthogonalize(base[op.name], r, op.kind), new[op.name]), op.name
-
-
-@pytest.mark.parametrize("lib", ["numpy", "torch"])
-def test_tree_sum_is_a_fixed_pairwise_order(lib: str) -> None:
-    k = kernels.NumpyKernels("F32", np.ones(1)) if lib == "numpy" else kernels.TorchKernels("F32", np.ones(1))
-    x = torch.tensor([[1e8, 1.0, -1e8, 1.0, 3.0]], dtype=torch.float32)
-    # ((x0 + x2) + (x1 + x3)) + x4, as the halving defines it
-    want = float((x[0, 0] + x[0, 2]) + (x[0, 1] + x[0, 3]) + x[0, 4])
-    y = torch.randn(37, 5, dtype=torch.float64)
-    if lib == "numpy":
-        x, y = x.numpy(), y.numpy()
-    assert float(kernels.tree_sum(x, 1, k)[0]) == want != float(x.sum())
-    assert np.allclose(np.asarray(kernels.tree_sum(y, 0, k)), np.asarray(y.sum(0)))
-
-
-def _awkward(code: str, n: int = 4096) -> torch.Tensor:
-    """Storage values that stress the rounding: ties, subnormals, near-overflow, both signs."""
-    dtype = kernels.torch_dtype(code)
-    g = torch.Generator().manual_seed(5)
-    x = torch.randn(n, generator=g, dtype=torch.float64) * torch.logspace(-30, 30, n, dtype=torch.float64)
-    info = torch.finfo(dtype)
-    x[:8] = torch.tensor([info.tiny / 3, -info.tiny / 5, info.max / 2, -info.max / 3, 0.0, -0.0, 1.0, 3.0])
-    return x.clamp(-info.max, info.max).to(dtype)
-
-
-@pytest.mark.parametrize("code", ["BF16", "F16", "F32", "F64"])
-def test_numpy_and_torch_kernels_give_the_same_bytes(code: str) -> None:
-    """The reference math on numpy (the CPU fallback) and on torch (``orthogonalize``): casts and results agree,
-    in every norm mode and with a weight (torch's sqrt goes through numpy on the CPU: its own is not exact)."""
-    r64 = kernels.unit_vector(torch.randn(64, generator=torch.Generator().manual_seed(9)))
-    kn, kt = kernels.NumpyKernels(code, r64), kernels.TorchKernels(code, r64)
-    assert np.array_equal(kn.r, kt.r.numpy())
-    w = _awkward(code).reshape(64, 64)
-    w[5] = 0.0  # a zero row: its norm is 0 (pre: a_i = 0; preserve: it stays zero)
-    wn = w.view(torch.int16).numpy().view("<u2") if code == "BF16" else w.numpy()
-
-    def same(a: object, b: torch.Tensor) -> bool:
-        return bytes(kn.as_bytes(a)) == bytes(kt.as_bytes(b))
-
-    compute = kt.up(w) * 1.000001  # values between storage steps: every rounding case of the downcast
-    assert np.array_equal(kn.up(wn), kt.up(w).numpy())
-    assert same(kn.down(compute.numpy()), kt.down(compute))
-    squares = compute.abs().ravel()
-    assert np.array_equal(kn.sqrt(squares.numpy()), kt.sqrt(squares).numpy())
-    for weight in (1.0, 0.7):
-        assert same(kernels.rows_block(wn, kn, w=weight), kernels.rows_block(w, kt, w=weight))
-        for norm in ("none", "pre", "preserve"):
-            got = []
-            for k, x in ((kn, wn), (kt, w)):
-                a = b = k.r
-                n = None
-                if norm != "none":
-                    n = kernels.row_norms(x, k)
-                    a, b = kernels.normed_coefficients(k.r, n, k)
-                s = kernels.accumulate(kernels.cols_partials(x, a, 5, k), None)
-                c = kernels.cols_coefficient(s, weight, k)
-                got.append(kernels.cols_block(x, k.r, b, c, k, target=n if norm == "preserve" else None))
-            assert same(*got), (weight, norm)
-            if norm == "preserve":
-                assert not np.asarray(kn.up(got[0]))[5].any()  # the zero row stayed zero
-
-
-def test_bf16_rounding_is_to_nearest_even() -> None:
-    k = kernels.NumpyKernels("BF16", np.ones(1))
-    bits = np.array([0x3F808000, 0x3F818000, 0x3F808001, 0x7F7FFFFF, 0x00000001, 0x7FC00001], dtype=np.uint32)
-    # tie → even (down), tie → even (up), above the tie → up, overflow → inf, subnormal → 0, NaN → 0x7FC0
-    assert k.down(bits.view(np.float32)).tolist() == [0x3F80, 0x3F82, 0x3F81, 0x7F80, 0x0000, 0x7FC0]
 
 
 @pytest.mark.parametrize(
