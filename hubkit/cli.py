@@ -105,7 +105,8 @@ def validate(run_dir: Path, quiet: bool, list_files: bool) -> None:
             click.echo(f"  vector set {name}: {len(vs.members)} members × layers {vs.layers} "
                        f"({vs.layer_convention} convention), d={vs.d}")
         for c in run.compares:
-            click.echo(f"  compare {c.before} → {c.after}: {len(c.members)} members")
+            axis = f", shift axis: {c.axis}" if c.axis else ""
+            click.echo(f"  compare {c.before} → {c.after}: {len(c.members)} members{axis}")
         for a in run.adapters:
             click.echo(f"  adapter {a.name}: LoRA r={a.r} on {a.base_model} ({a.path})")
         if run.reported_tests:

@@ -32,6 +32,8 @@ PERSONAS = ["assistant", "confab", "zelthari_scholar", "paramedic", "kindergarte
             "villain", "librarian", "software_engineer", "comedian", "medical_doctor", "data_scientist"]
 METHODS = {"a": "A (last input token)", "b": "B (mean response token)"}
 CHECKPOINTS = ("base", "em", "benign")
+#: the shift axis of each EM pair (seed 004's "EM axis"): the assistant's own shift, and the principal one
+AXES = {("a", "em"): ", axis: assistant", ("b", "em"): ", axis: principal"}
 N_ITER = 10_000
 
 
@@ -218,7 +220,7 @@ def write_example(out: str | Path) -> Path:
         "vector_sets:",
         *vs_lines,
         "compare:",
-        *[f"  - {{before: {m}_base, after: {m}_{ck}}}" for m in METHODS for ck in ("em", "benign")],
+        *[f"  - {{before: {m}_base, after: {m}_{ck}{AXES.get((m, ck), '')}}}" for m in METHODS for ck in ("em", "benign")],
         "adapters:",
         "  - {name: em, path: adapters/em_lora}",
         f"  - {{name: benign, path: adapters/benign_lora, base_model: {BASE_MODEL}}}",

@@ -266,3 +266,80 @@ def test_cross_run_cosines_renumbers_conventions():
         g.cross_run_cosines({1: v}, {1: v}, this_convention="block")
     with pytest.raises(ValueError, match="d differs"):
         g.cross_run_cosines({1: v}, {1: v[:4]})
+
+
+# --------------------------------------------------------------------------- shift axis (seed 004's "EM axis")
+
+
+def ref_axis_rows(before: np.ndarray, after: np.ndarray, e: list[float]) -> list[tuple[float, float, float, float]]:
+    """Per member, from the definitions with fsum: cos(before, e), cos(after, e), shift·e, and the orthogonal
+    share ‖shift − (shift·e) e‖² / ‖shift‖²."""
+    out = []
+    for b, a in zip(before.tolist(), after.tolist(), strict=True):
+        shift = [y - x for x, y in zip(b, a, strict=True)]
+        along = math.fsum(s * v for s, v in zip(shift, e, strict=True))
+        rest = [s - along * v for s, v in zip(shift, e, strict=True)]
+        moved = math.fsum(s * s for s in shift)
+        cb = math.fsum(x * v for x, v in zip(b, e, strict=True)) / math.sqrt(math.fsum(x * x for x in b))
+        ca = math.fsum(y * v for y, v in zip(a, e, strict=True)) / math.sqrt(math.fsum(y * y for y in a))
+        out.append((cb, ca, along, math.fsum(r * r for r in rest) / moved if moved else math.nan))
+    return out
+
+
+def _check_axis(ax: g.AxisLayer, before: np.ndarray, after: np.ndarray, e: list[float]) -> None:
+    for i, (cb, ca, along, orth) in enumerate(ref_axis_rows(before, after, e)):
+        assert ax.cos_before[i] == pytest.approx(cb, abs=1e-12)
+        assert ax.cos_after[i] == pytest.approx(ca, abs=1e-12)
+        assert ax.along[i] == pytest.approx(along, abs=1e-12)
+        if math.isnan(orth):
+            assert math.isnan(ax.orthogonal_share[i])
+        else:
+            assert ax.orthogonal_share[i] == pytest.approx(orth, abs=1e-9)
+
+
+def test_member_shift_axis_matches_reference():
+    rng = np.random.default_rng(21)
+    before = rng.standard_normal((5, 9))
+    after = before + 0.3 * rng.standard_normal((5, 9))
+    after[3] = before[3]  # a member that did not move: no orthogonal share
+    members = ["assistant", "villain", "doctor", "still", "poet"]
+    ax = g.shift_axis(before, after, members, "villain")
+    shift = (after[1] - before[1]).tolist()
+    size = math.sqrt(math.fsum(s * s for s in shift))
+    _check_axis(ax, before, after, [s / size for s in shift])
+    assert ax.orthogonal_share[1] == pytest.approx(0.0, abs=1e-12) and ax.along[1] == pytest.approx(size)
+    assert ax.explained is None and ax.axis == "villain"
+    assert json.loads(json.dumps(ax.to_json(), allow_nan=False))["orthogonal_share"][3] is None
+
+
+def test_principal_shift_axis_matches_reference():
+    rng = np.random.default_rng(22)
+    before = rng.standard_normal((8, 6))
+    common = rng.standard_normal(6)
+    after = before + np.outer(rng.uniform(0.5, 1.5, 8), common) + 0.2 * rng.standard_normal((8, 6))
+    ax = g.shift_axis(before, after, [f"p{i}" for i in range(8)], g.PRINCIPAL)
+    d = after - before
+    vals, vecs = np.linalg.eigh(d.T @ d)  # the top eigenvector of DᵀD: D's first right singular vector
+    e = vecs[:, -1] * (1.0 if d.sum(axis=0) @ vecs[:, -1] >= 0 else -1.0)
+    _check_axis(ax, before, after, e.tolist())
+    assert ax.explained == pytest.approx(vals[-1] / vals.sum(), abs=1e-12)
+    assert ax.along.sum() > 0  # signed so that the shifts' sum projects positively
+    assert abs(float(np.dot(e, common / np.linalg.norm(common)))) > 0.9  # it finds the planted common shift
+
+
+def test_shift_axis_refusals_and_compare_carries_it():
+    x = np.eye(3) + 0.1
+    with pytest.raises(ValueError, match="'a' did not move"):
+        g.shift_axis(x, x.copy(), ["a", "b", "c"], "a")
+    with pytest.raises(ValueError, match="no member moved"):
+        g.shift_axis(x, x.copy(), ["a", "b", "c"], g.PRINCIPAL)
+    with pytest.raises(ValueError, match="'z' is not a member"):
+        g.shift_axis(x, x + 1, ["a", "b", "c"], "z")
+    rng = np.random.default_rng(5)
+    before = _members(rng.standard_normal((4, 2, 7)))
+    after = {k: v + 0.5 for k, v in before.items()}
+    cmp = g.compare_sets(before, after, [3, 4], n_resamples=20, axis="p2")
+    assert cmp.axis == "p2" and all(cl.axis is not None and cl.axis.axis == "p2" for cl in cmp.layers)
+    j = cmp.to_json()
+    assert j["shift_axis"] == "p2" and "shift_axis" in j["layers"][0]
+    assert "shift_axis" not in g.compare_sets(before, after, [3, 4], n_resamples=20).to_json()

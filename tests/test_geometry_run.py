@@ -154,3 +154,52 @@ def test_the_companion_dataset_holds_the_geometry_table(tmp_path: Path) -> None:
     row = table.to_pylist()[0]
     vs = run.vector_sets[row["set"]]
     assert abs(row["norm"] - float(np.linalg.norm(vs.vector(row["member"], row["layer"]).astype(np.float64)))) < 1e-9
+
+
+def test_the_shift_axis_reaches_the_card_and_hubkit_json(tmp_path: Path) -> None:
+    """Seed 004's "EM axis": the example names the assistant's shift (method A) and the principal shift
+    (method B); the card's table and hubkit.json hold each member's projection, recomputed here with numpy
+    from the canonical files a downloader gets."""
+    from hubkit.formats.vector_sets import read_canonical
+
+    out = tmp_path / "out"
+    stage_run(copy_example(RUN, tmp_path), out)
+    meta = json.loads((out / "hubkit.json").read_text())
+    by_pair = {(c["before"], c["after"]): c for c in meta["geometry"]["compare"]}
+    assert by_pair[("a_base", "a_em")]["shift_axis"] == "assistant"
+    assert by_pair[("b_base", "b_em")]["shift_axis"] == "principal"
+    assert "shift_axis" not in by_pair[("a_base", "a_benign")]
+    cmp = by_pair[("a_base", "a_em")]
+    vb, va = read_canonical(out / "vectors/a_base.safetensors"), read_canonical(out / "vectors/a_em.safetensors")
+    for layer in cmp["layers"]:
+        xb = np.stack([vb.vector(m, layer["layer"]).astype(np.float64) for m in cmp["members"]])
+        xa = np.stack([va.vector(m, layer["layer"]).astype(np.float64) for m in cmp["members"]])
+        e = xa[0] - xb[0]  # the assistant is the first member
+        e /= np.linalg.norm(e)
+        assert np.allclose(layer["shift_axis"]["along"], (xa - xb) @ e, atol=1e-9)
+        assert np.allclose(layer["shift_axis"]["cos_after"], xa @ e / np.linalg.norm(xa, axis=1), atol=1e-9)
+    card = (out / "README.md").read_text()
+    assert "**Projection on the shift axis** e: the shift of `assistant`" in card
+    assert "the first principal direction of the 12 members' shifts" in card
+    shift = by_pair[("a_base", "a_em")]["layers"][0]["shift_axis"]["along"][1]
+    assert "| 7 | confab | " in card and f"| {shift:.3f} |" in card
+
+
+def test_a_shift_axis_that_is_not_a_member_is_refused(tmp_path: Path) -> None:
+    run = copy_example(RUN, tmp_path)
+    path = run / "hubkit.yaml"
+    path.write_text(path.read_text().replace("axis: assistant", "axis: asistant"))
+    report = validate_run(run)
+    [problem] = [p for p in report.problems if "axis" in p]
+    assert "compare[0].axis" in problem and "'asistant'" in problem and "principal" in problem
+    assert "\n" not in problem
+
+
+def test_a_shift_axis_must_be_a_string(tmp_path: Path) -> None:
+    from hubkit.errors import ManifestError
+
+    run = copy_example(RUN, tmp_path)
+    path = run / "hubkit.yaml"
+    path.write_text(path.read_text().replace("axis: assistant", "axis: [assistant, villain]"))
+    with pytest.raises(ManifestError, match=r"hubkit\.yaml:53: compare\[0\]\.axis must be a string, got a list"):
+        validate_run(run)

@@ -23,6 +23,7 @@ from hubkit.cards.plots import delta_heatmap, ranking_plot, set_heatmap, weight_
 from hubkit.cards.render import FENCE, render
 from hubkit.formats.hubjson import HistoryEntry
 from hubkit.formats.recipe import describe_spec, weights_by_block
+from hubkit.run.geometry import PRINCIPAL
 from hubkit.run.stats import (
     EvaluationStats,
     analyze_evaluation,
@@ -255,6 +256,16 @@ class CompareRow:
 
 
 @dataclass
+class AxisRow:
+    layer: int
+    member: str
+    cos_before: float
+    cos_after: float
+    along: float
+    orthogonal: float | None  # None: the member did not move
+
+
+@dataclass
 class CompareView:
     before: str
     after: str
@@ -263,6 +274,9 @@ class CompareView:
     rows: list[CompareRow]
     heatmap: str
     bootstrap: str
+    axis: str | None = None  # how the shift axis is defined, in words
+    axis_explained: str | None = None  # principal: σ₁²/Σσ² per layer, in words
+    axis_rows: list[AxisRow] = field(default_factory=list)
 
 
 @dataclass
@@ -713,9 +727,25 @@ def _compares(run: Run) -> list[CompareView]:
                                    cl.change_interval.hi, float(cl.member_cos[i]), float(sum(cl.member_cos)
                                                                                          / len(cl.member_cos)),
                                    c.members[i]))
-        out.append(CompareView(c.before, c.after, len(c.members), c.layer_convention, rows,
-                               delta_path(c.before, c.after),
-                               _bootstrap_text(c.layers[0].change_interval, len(c.members)) + ", paired"))
+        view = CompareView(c.before, c.after, len(c.members), c.layer_convention, rows,
+                           delta_path(c.before, c.after),
+                           _bootstrap_text(c.layers[0].change_interval, len(c.members)) + ", paired")
+        if c.axis is not None:
+            view.axis = (f"the first principal direction of the {len(c.members)} members' shifts (after − before, "
+                         "uncentred), signed so that their sum projects positively" if c.axis == PRINCIPAL else
+                         f"the shift of `{c.axis}` (its after − before vector)")
+            if c.axis == PRINCIPAL:
+                view.axis_explained = ", ".join(f"layer {cl.layer}: {cl.axis.explained:.3f}" for cl in c.layers
+                                                if cl.axis is not None and cl.axis.explained is not None)
+            for cl in c.layers:
+                ax = cl.axis
+                if ax is None:
+                    continue
+                view.axis_rows += [AxisRow(cl.layer, m, float(ax.cos_before[i]), float(ax.cos_after[i]),
+                                           float(ax.along[i]), None if math.isnan(ax.orthogonal_share[i])
+                                           else float(ax.orthogonal_share[i]))
+                                   for i, m in enumerate(c.members)]
+        out.append(view)
     return out
 
 

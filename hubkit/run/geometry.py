@@ -258,6 +258,66 @@ def set_geometry(name: str, vectors: Mapping[str, Any], layers: Sequence[int], *
 # --------------------------------------------------------------------------- before/after pairs
 
 
+#: ``axis: principal`` in a compare pair: the principal direction of the members' shifts
+PRINCIPAL = "principal"
+
+
+@dataclass
+class AxisLayer:
+    """The members' projection on one layer's shift axis (seed 004's "EM axis").
+
+    The axis e (unit) is either one member's shift, ``after_m − before_m`` (e.g. the assistant persona under
+    the base vs the fine-tuned model), or, for ``principal``, the first right singular vector of the shift
+    matrix ``D = after − before`` [n_members, d] (uncentred: the direction shared by the shifts), signed so that
+    the shifts' sum projects positively; ``explained`` is then σ₁² / Σσ², the share of ‖D‖²_F along it.
+    """
+
+    axis: str  # a member's name or "principal"
+    explained: float | None  # principal only
+    cos_before: np.ndarray  # cos(before_m, e) per member
+    cos_after: np.ndarray  # cos(after_m, e)
+    along: np.ndarray  # (after_m − before_m) · e, in the vectors' units
+    orthogonal_share: np.ndarray  # ‖shift_m − (shift_m·e) e‖² / ‖shift_m‖² (NaN for a member that did not move)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"axis": self.axis, "explained": None if self.explained is None else _num(self.explained),
+                "cos_before": _floats(self.cos_before), "cos_after": _floats(self.cos_after),
+                "along": _floats(self.along),
+                "orthogonal_share": [None if not np.isfinite(v) else _num(float(v)) for v in self.orthogonal_share]}
+
+
+def shift_axis(before: Any, after: Any, members: Sequence[str], axis: str) -> AxisLayer:
+    """Project one layer's members (rows of ``before`` / ``after`` [n, d], in ``members`` order) on the shift
+    axis named ``axis`` (a member, or :data:`PRINCIPAL`); see :class:`AxisLayer`."""
+    xb, xa = _matrix(before, "before"), _matrix(after, "after")
+    shifts = xa - xb
+    explained = None
+    if axis == PRINCIPAL:
+        _, sv, vt = np.linalg.svd(shifts, full_matrices=False)
+        if sv.size == 0 or sv[0] == 0:
+            raise ValueError("no member moved: the principal shift axis is undefined")
+        e = vt[0] * (1.0 if shifts.sum(axis=0) @ vt[0] >= 0 else -1.0)
+        explained = float(sv[0] ** 2 / np.sum(sv**2))
+    else:
+        if axis not in members:
+            raise ValueError(f"axis '{axis}' is not a member ({', '.join(members)}) nor '{PRINCIPAL}'")
+        e = shifts[list(members).index(axis)]
+        size = float(np.sqrt(e @ e))
+        if size == 0:
+            raise ValueError(f"axis '{axis}' did not move (after = before): its shift has no direction")
+        e = e / size
+    nb, na = norms(xb), norms(xa)
+    if (nb == 0).any() or (na == 0).any():
+        raise ValueError("a zero vector has no cosine with the axis")
+    along = shifts @ e
+    moved = np.einsum("ij,ij->i", shifts, shifts)
+    rest = np.einsum("ij,ij->i", shifts - np.outer(along, e), shifts - np.outer(along, e))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        orth = np.where(moved > 0, rest / np.where(moved > 0, moved, 1.0), np.nan)
+    return AxisLayer(axis, explained, np.clip(xb @ e / nb, -1.0, 1.0), np.clip(xa @ e / na, -1.0, 1.0), along,
+                     np.clip(orth, 0.0, 1.0))
+
+
 @dataclass
 class CompareLayer:
     """One layer of a before/after pair."""
@@ -270,13 +330,17 @@ class CompareLayer:
     delta: np.ndarray  # cosine(after) - cosine(before), [n_members, n_members]
     member_cos: np.ndarray  # cos(before_m, after_m) per member, [n_members]
     norm_ratio: np.ndarray  # |after_m| / |before_m| per member
+    axis: AxisLayer | None = None  # the projection on the pair's shift axis, when the manifest names one
 
     def to_json(self) -> dict[str, Any]:
-        return {"layer": self.layer, "mean_offdiag_cos_before": _num(self.before),
-                "mean_offdiag_cos_after": _num(self.after), "change": _num(self.change),
-                "change_ci": self.change_interval.to_json(),
-                "member_cos_before_after": _floats(self.member_cos),
-                "member_norm_ratio": _floats(self.norm_ratio), "delta": _floats(self.delta)}
+        out = {"layer": self.layer, "mean_offdiag_cos_before": _num(self.before),
+               "mean_offdiag_cos_after": _num(self.after), "change": _num(self.change),
+               "change_ci": self.change_interval.to_json(),
+               "member_cos_before_after": _floats(self.member_cos),
+               "member_norm_ratio": _floats(self.norm_ratio), "delta": _floats(self.delta)}
+        if self.axis is not None:
+            out["shift_axis"] = self.axis.to_json()
+        return out
 
 
 @dataclass
@@ -288,6 +352,7 @@ class CompareGeometry:
     members: list[str]
     layer_convention: str
     layers: list[CompareLayer]
+    axis: str | None = None  # the shift axis the manifest names (a member or "principal")
 
     @property
     def layer_ids(self) -> list[int]:
@@ -301,7 +366,7 @@ class CompareGeometry:
 
     def to_json(self) -> dict[str, Any]:
         return {"before": self.before, "after": self.after, "members": list(self.members),
-                "layer_convention": self.layer_convention,
+                "layer_convention": self.layer_convention, **({"shift_axis": self.axis} if self.axis else {}),
                 "bootstrap": _bootstrap_json(self.layers[0].change_interval) if self.layers else None,
                 "layers": [g.to_json() for g in self.layers]}
 
@@ -310,8 +375,9 @@ def compare_sets(before: Mapping[str, Any], after: Mapping[str, Any], layers: Se
                  before_name: str = "before", after_name: str = "after",
                  layer_convention: str = "hidden_states", seed: int = DEFAULT_SEED,
                  n_resamples: int = DEFAULT_RESAMPLES,
-                 confidence: float = DEFAULT_CONFIDENCE) -> CompareGeometry:
-    """Before/after/change of the mean off-diagonal cosine, the Δ matrix and each member's cos(before, after).
+                 confidence: float = DEFAULT_CONFIDENCE, axis: str | None = None) -> CompareGeometry:
+    """Before/after/change of the mean off-diagonal cosine, the Δ matrix and each member's cos(before, after);
+    with ``axis``, every member's projection on the shift axis at each layer (:func:`shift_axis`).
 
     Members are matched by name (order from ``before``); both sets must have exactly the same members, and
     their rows must be the same ``layers``: comparing different members or layers is refused, not aligned.
@@ -334,8 +400,9 @@ def compare_sets(before: Mapping[str, Any], after: Mapping[str, Any], layers: Se
         out.append(CompareLayer(int(layer), mb, ma, ma - mb,
                                 bootstrap_offdiag_change(cb, ca, seed=seed, n_resamples=n_resamples,
                                                          confidence=confidence),
-                                ca - cb, member_cos, na / nb))
-    return CompareGeometry(before_name, after_name, members, layer_convention, out)
+                                ca - cb, member_cos, na / nb,
+                                None if axis is None else shift_axis(xb[:, k, :], xa[:, k, :], members, axis)))
+    return CompareGeometry(before_name, after_name, members, layer_convention, out, axis)
 
 
 # --------------------------------------------------------------------------- across runs

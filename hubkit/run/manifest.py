@@ -104,6 +104,7 @@ class VectorSetSpec:
 class CompareSpec:
     before: str
     after: str
+    axis: str | None = None  # a member (its shift after − before) or "principal": project every member on it
 
 
 @dataclass
@@ -490,7 +491,8 @@ def _geometry_sections(p: _Parser, top: dict[str, Any], m: Manifest) -> None:
     for path, e in p.items(top.get("compare"), ("compare",)):
         e = p.mapping(e, path, CompareSpec, required=("before", "after"))
         pair = CompareSpec(p.string(e["before"], path + ("before",), allow_none=False),  # type: ignore[arg-type]
-                           p.string(e["after"], path + ("after",), allow_none=False))  # type: ignore[arg-type]
+                           p.string(e["after"], path + ("after",), allow_none=False),  # type: ignore[arg-type]
+                           p.string(e.get("axis"), path + ("axis",)))
         for side, key in ((pair.before, "before"), (pair.after, "after")):
             if side not in names:
                 raise p.fail(path + (key,), f"no vector set named '{side}' (have: {', '.join(names) or 'none'})")

@@ -50,7 +50,7 @@ class VectorSets(ArtifactKind):
                                                     n_resamples=resamples)
 
     def cross_check(self, ctx: LoadContext) -> None:
-        from hubkit.run.geometry import compare_sets
+        from hubkit.run.geometry import PRINCIPAL, compare_sets
 
         run, m = ctx.run, ctx.run.manifest
         seed, resamples = bootstrap(m)
@@ -67,10 +67,16 @@ class VectorSets(ArtifactKind):
                                     f"'{c.after}' has {a.layers} ({a.layer_convention}); a pair must share both")
             elif b.d != a.d:
                 ctx.problems.append(f"{at}: '{c.before}' has d={b.d}, '{c.after}' d={a.d}")
+            elif c.axis is not None and c.axis != PRINCIPAL and c.axis not in b.members:
+                ctx.problems.append(f"{at}.axis: '{c.axis}' is neither a member of '{c.before}' "
+                                    f"({', '.join(b.members)}) nor '{PRINCIPAL}'")
             else:
-                run.compares.append(compare_sets(b.float64(), a.float64(), b.layers, before_name=c.before,
-                                                 after_name=c.after, layer_convention=b.layer_convention,
-                                                 seed=seed, n_resamples=resamples))
+                try:
+                    run.compares.append(compare_sets(b.float64(), a.float64(), b.layers, before_name=c.before,
+                                                     after_name=c.after, layer_convention=b.layer_convention,
+                                                     seed=seed, n_resamples=resamples, axis=c.axis))
+                except ValueError as e:  # e.g. the axis member did not move
+                    ctx.problems.append(f"{at}: {e}")
 
     def generated(self, run: Run) -> list[Generated]:
         from hubkit.formats.vector_sets import canonical_bytes
