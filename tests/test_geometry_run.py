@@ -148,12 +148,23 @@ def test_the_companion_dataset_holds_the_geometry_table(tmp_path: Path) -> None:
 
     run = load_run(copy_example(RUN, tmp_path))
     package, configs = build_dataset(run, model_repo="me/geometry")
-    [cfg] = [c for c in configs if c.name.startswith("geometry")]
+    [cfg] = [c for c in configs if c.name == "geometry_members"]
     table = pq.read_table(io.BytesIO(package.file(cfg.path).data))
     assert cfg.rows == 7 * 5 * 12 and {"set", "layer", "member", "norm", "mean_cos_to_others"} <= set(table.column_names)
     row = table.to_pylist()[0]
     vs = run.vector_sets[row["set"]]
     assert abs(row["norm"] - float(np.linalg.norm(vs.vector(row["member"], row["layer"]).astype(np.float64)))) < 1e-9
+    # the compare pairs' shifts, one row per pair, layer and member; the axis columns only where one is named
+    [cfg] = [c for c in configs if c.name == "geometry_shifts"]
+    rows = pq.read_table(io.BytesIO(package.file(cfg.path).data)).to_pylist()
+    assert cfg.rows == len(rows) == 4 * 5 * 12
+    for r in rows:
+        b = run.vector_sets[r["before"]].vector(r["member"], r["layer"]).astype(np.float64)
+        a = run.vector_sets[r["after"]].vector(r["member"], r["layer"]).astype(np.float64)
+        assert abs(r["cos_before_after"] - a @ b / (np.linalg.norm(a) * np.linalg.norm(b))) < 1e-9
+        assert (r["shift_axis"] is None) == (r["shift_along_axis"] is None) == (r["after"].endswith("benign"))
+        if r["shift_axis"] == "assistant" and r["member"] == "assistant":  # the axis member lies on its axis
+            assert abs(r["shift_along_axis"] - np.linalg.norm(a - b)) < 1e-9 and abs(r["orthogonal_share"]) < 1e-9
 
 
 def test_the_shift_axis_reaches_the_card_and_hubkit_json(tmp_path: Path) -> None:

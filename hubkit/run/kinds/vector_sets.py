@@ -96,8 +96,13 @@ class VectorSets(ArtifactKind):
     def dataset_tables(self, run: Run) -> list[DatasetTable]:
         if not run.set_geometry:
             return []
-        return [DatasetTable("geometry", "members", "(computed)", "per set, layer and member: norm and mean "
-                             "cosine with the other members", lambda: _geometry_table(run))]
+        tables = [DatasetTable("geometry", "members", "(computed)", "per set, layer and member: norm and mean "
+                               "cosine with the other members", lambda: _geometry_table(run))]
+        if run.compares:
+            tables.append(DatasetTable("geometry", "shifts", "(computed)", "per compare pair, layer and member: "
+                                       "cos(before, after), norm ratio, and the projection on the pair's shift "
+                                       "axis when it names one", lambda: _shifts_table(run)))
+        return tables
 
     def records(self, run: Run) -> dict[str, Any]:
         if not run.vector_sets:
@@ -127,3 +132,32 @@ def _geometry_table(run: Run) -> Any:
                              "member": member, "norm": float(lg.norms[i]),
                              "mean_cos_to_others": float((c[i].sum() - c[i, i]) / (n - 1)) if n > 1 else None})
     return pa.Table.from_pylist(rows)
+
+
+def _shifts_table(run: Run) -> Any:
+    import pyarrow as pa
+
+    def num(v: Any) -> float | None:
+        v = float(v)
+        return None if v != v else v  # NaN (a member that did not move): null
+
+    rows = []
+    for c in run.compares:
+        for cl in c.layers:
+            ax = cl.axis
+            for i, member in enumerate(c.members):
+                rows.append({"before": c.before, "after": c.after, "layer": cl.layer,
+                             "layer_convention": c.layer_convention, "member": member,
+                             "cos_before_after": float(cl.member_cos[i]), "norm_ratio": float(cl.norm_ratio[i]),
+                             "shift_axis": c.axis,
+                             "cos_before_axis": None if ax is None else float(ax.cos_before[i]),
+                             "cos_after_axis": None if ax is None else float(ax.cos_after[i]),
+                             "shift_along_axis": None if ax is None else float(ax.along[i]),
+                             "orthogonal_share": None if ax is None else num(ax.orthogonal_share[i])})
+    schema = pa.schema([("before", pa.string()), ("after", pa.string()), ("layer", pa.int64()),
+                        ("layer_convention", pa.string()), ("member", pa.string()),
+                        ("cos_before_after", pa.float64()), ("norm_ratio", pa.float64()),
+                        ("shift_axis", pa.string()), ("cos_before_axis", pa.float64()),
+                        ("cos_after_axis", pa.float64()), ("shift_along_axis", pa.float64()),
+                        ("orthogonal_share", pa.float64())])
+    return pa.Table.from_pylist(rows, schema=schema)
