@@ -46,8 +46,11 @@ if TYPE_CHECKING:
 
 #: largest piece of untouched bytes handed to the writer at once
 COPY_BLOCK = 64 << 20
+#: source pages a stream has read are unmapped (MADV_DONTNEED) every RELEASE_BYTES: mapped file pages count in
+#: the resident set, and each pipeline's compute and hash streams hold up to this much each
+RELEASE_BYTES = 16 << 20
 #: computed bytes the compute stream may run ahead, per queue (16-bit; twice that for 32-bit tensors)
-QUEUE_BYTES = 64 << 20
+QUEUE_BYTES = 32 << 20
 #: at most this many shards stream at once (see :func:`parallel_pipelines`)
 MAX_PIPELINES = 8
 #: how far ahead of the compute stream the kernel is asked to read a targeted tensor (0: no read-ahead); from a
@@ -65,7 +68,7 @@ IN_FLIGHT = 16
 #: a GPU machine's CUDA build takes 4-6 s to import, longer than the rest of a warm run.
 CPU_LIBRARY = "fused"
 #: free output blocks kept for reuse, at most (see :class:`_Blocks`)
-SPARE_BYTES = 256 << 20
+SPARE_BYTES = 128 << 20
 _PAGE = mmap.PAGESIZE
 
 @dataclass
@@ -404,7 +407,7 @@ def _compute_op(
         shared.check()
         sink(pos, buf, done)
         pos += len(buf)
-        if pos - released >= COPY_BLOCK or pos == op.end:  # the source rows behind pos are read for good
+        if pos - released >= RELEASE_BYTES or pos == op.end:  # the source rows behind pos are read for good
             _advise(mm, mmap.MADV_DONTNEED, released, pos)
             released = pos
         if PREFETCH_BYTES and asked < op.end and asked - pos < PREFETCH_BYTES // 2:
@@ -591,9 +594,11 @@ def _hash_stream(shards: list[_Shard], ops_out: queue.Queue, shared: _Shared) ->
             if seg.op is None:
                 shared.check()
                 _advise(sh.mm, mmap.MADV_WILLNEED, seg.end, min(seg.run_end, seg.end + COPY_BLOCK))
-                with memoryview(sh.mm) as view:
-                    sha.update(view[seg.begin : seg.end])
-                _advise(sh.mm, mmap.MADV_DONTNEED, seg.begin, seg.end)
+                for a in range(seg.begin, seg.end, RELEASE_BYTES):
+                    b = min(seg.end, a + RELEASE_BYTES)
+                    with memoryview(sh.mm) as view:
+                        sha.update(view[a:b])
+                    _advise(sh.mm, mmap.MADV_DONTNEED, a, b)
                 continue
             pos = seg.begin  # a rewritten tensor: its source pages are the compute stream's to drop
             while pos < seg.end:
