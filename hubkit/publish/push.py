@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import datetime as _dt
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hubkit import __version__
 from hubkit.errors import HubkitError
-from hubkit.formats.hashing import HashCache, sha256_bytes
-from hubkit.formats.hubjson import CARD, HUBKIT_JSON, FileRecord, HistoryEntry, HubJson
-from hubkit.hub import Hub
-from hubkit.publish.commit import PublishResult, _nothing_changed, _operations, _progress_bars
-from hubkit.publish.plan import FileChange, PublishPlan, diff_package
-from hubkit.publish.repo_tree import Package, PackageFile
-from hubkit.publish.secrets import check_secrets
 from hubkit.run.manifest import is_repo_id
 from hubkit.weights.regenerate import RegenerateResult, regenerate
+
+if TYPE_CHECKING:  # the publishing machinery is imported only to push: a plain rebuild starts its bytes sooner
+    from hubkit.hub import Hub
+    from hubkit.publish.commit import PublishResult
 
 
 def regenerate_and_push(source: Any, *, push_to: str | None = None, progress: bool = True,
@@ -29,6 +26,8 @@ def regenerate_and_push(source: Any, *, push_to: str | None = None, progress: bo
     res = regenerate(source, progress=progress, **kwargs)
     if push_to is None or res.out is None:
         return res
+    from hubkit.formats.hubjson import CARD
+
     recipe, base, out = res.recipe, res.base, res.out
     origin = {
         "recipe": recipe.source,
@@ -65,6 +64,14 @@ def push_model_folder(
     Shards whose sha256 equals the remote LFS oid are not uploaded again; an unchanged folder makes no
     commit. The folder's own ``README.md`` (the regenerated-weights card) is its card.
     """
+    from hubkit.formats.hashing import HashCache, sha256_bytes
+    from hubkit.formats.hubjson import CARD, HUBKIT_JSON, FileRecord, HistoryEntry, HubJson
+    from hubkit.hub import Hub
+    from hubkit.publish.commit import PublishResult, _nothing_changed, _operations, _progress_bars
+    from hubkit.publish.plan import FileChange, PublishPlan, diff_package
+    from hubkit.publish.repo_tree import Package, PackageFile
+    from hubkit.publish.secrets import check_secrets
+
     folder = Path(folder)
     if not is_repo_id(repo_id):
         raise HubkitError(f"repo id '{repo_id}' must look like owner/name")
