@@ -456,3 +456,19 @@ def test_numba_import_failure_falls_back(monkeypatch: pytest.MonkeyPatch) -> Non
     assert ab._load_fused() is None
     k = ab._cpu_kernels("BF16", kn.unit_vector(np.ones(8)), "fused", None, ab._Blocks())
     assert isinstance(k, kn.NumpyKernels)
+
+
+def test_a_run_says_when_it_compiled_the_kernels(ckpts: dict[str, Path], tmp_path: Path) -> None:
+    """With an empty numba cache the first process compiles (and says how many kernels, and where they are
+    cached); the second loads them and says nothing. Subprocesses: this one has its kernels loaded already."""
+    import subprocess
+
+    code = ("import sys, numpy as np; from hubkit.weights import executor as ab, plan as wp; "
+            "p = wp.plan_checkpoint(sys.argv[1], ('attn_out', 'mlp_down')); "
+            "r = ab.execute_plan(p, sys.argv[1], None, np.ones(p.hidden_size), progress=False); "
+            "print(r.compiled, r.kernel_cache)")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    runs = [subprocess.run([sys.executable, "-c", code, str(ckpts["llama_bias_bf16"])], env=env, check=True,
+                           capture_output=True, text=True).stdout.split() for _ in range(2)]
+    assert int(runs[0][0]) > 0 and runs[0][1].startswith(str(tmp_path / "numba"))
+    assert int(runs[1][0]) == 0

@@ -97,6 +97,8 @@ class TensorCheck:
 class ExecutionResult:
     shards_sha256: dict[str, str]
     checks: list[TensorCheck]
+    compiled: int = 0  # kernel specializations numba compiled in this process (a first run on a machine)
+    kernel_cache: str | None = None  # where numba keeps them
 
     @property
     def worst(self) -> TensorCheck | None:
@@ -708,6 +710,7 @@ def execute_plan(
 
         library = CPU_LIBRARY
         fused = _load_fused() if library == "fused" else None  # numba's import (~0.2 s) while bytes move
+        compiled_before = fused.compiled_here()[0] if fused is not None else 0
         given = vectors() if callable(vectors) else vectors
         if not isinstance(given, dict):  # one direction for every op (the seed recipe's form)
             given = {op.vector: given for op in plan.ops}
@@ -759,7 +762,9 @@ def execute_plan(
         for sh in shards:
             sh.close()
         bar.close()
-    return ExecutionResult(dict(sorted(hashes.items())), sorted(checks, key=lambda c: c.name))
+    compiled, cache = fused.compiled_here() if fused is not None else (0, None)
+    return ExecutionResult(dict(sorted(hashes.items())), sorted(checks, key=lambda c: c.name),
+                           compiled - compiled_before, cache)
 
 
 def _cpus() -> int:

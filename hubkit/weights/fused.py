@@ -891,3 +891,17 @@ def cols(
             acc[1] += math.fsum((after * after).tolist())
         acc[2] += nrm[0]
     return out
+
+
+def compiled_here() -> tuple[int, str | None]:
+    """``(n, cache)``: how many kernel specializations this process compiled (numba cache misses) rather than
+    loaded, and where numba caches them; what a first run on a machine tells its user."""
+    from numba.core.registry import CPUDispatcher
+
+    n, where = 0, None
+    for obj in list(globals().values()):
+        if isinstance(obj, CPUDispatcher):
+            stats = obj.stats
+            n += sum(stats.cache_misses.values())
+            where = where or stats.cache_path
+    return n, where
