@@ -252,6 +252,58 @@ def test_deterministic_and_blocking_invariant(
         assert torch.equal(ortho.orthogonalize(base[op.name], r, op.kind), new[op.name]), op.name
 
 
+#: each dtype's positive quiet NaN (IEEE 754; BF16 is float32's top half), and its bits as an integer view
+NAN_BITS = {torch.float32: (torch.int32, 0x7FC00000), torch.float16: (torch.int16, 0x7E00),
+            torch.bfloat16: (torch.int16, 0x7FC0)}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_nan_outputs_are_the_same_bytes_in_every_library(
+    dtype: torch.dtype, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A NaN in a targeted tensor (negative, with a payload, beside a positive one) makes NaN outputs whose sign
+    and payload would depend on the arithmetic's operand order: every library writes the one canonical NaN, so
+    a recorded shard hash is reproducible on any machine, with or without numba."""
+    import dataclasses
+
+    from safetensors.torch import load_file, save_file
+
+    src = tm.save_llama(tmp_path / "src", dtype=dtype)
+    shard = src / "model.safetensors"
+    tensors = load_file(shard)
+    itype, canonical = NAN_BITS[dtype]
+    width = torch.finfo(dtype).bits
+    neg_payload = -(1 << (width - 1)) + (canonical | 0x1)  # sign set, quiet, payload 1: a -NaN
+    pos_payload = canonical | 0x2
+    poisoned = [n for n in tensors if n.endswith(("down_proj.weight", "o_proj.weight", "embed_tokens.weight"))]
+    for name in poisoned:
+        bits = tensors[name].view(itype)
+        bits[0, 0] = neg_payload
+        bits[1, 2] = pos_payload
+    save_file(tensors, str(shard), metadata={"format": "pt"})
+    plan = wplan.plan_checkpoint(src)
+    r = _r(5)
+    for norm in ("none", "preserve"):
+        normed = dataclasses.replace(plan, ops=[
+            dataclasses.replace(op, norm=norm if op.kind == "cols" and op.how != "bias" else "none")
+            for op in plan.ops])
+        hashes = {}
+        for library in ("fused", "numpy", "torch"):
+            monkeypatch.setattr(ab, "CPU_LIBRARY", library)
+            out = tmp_path / f"{norm}-{library}"
+            out.mkdir()
+            hashes[library] = ab.execute_plan(normed, src, out, r, progress=False).shards_sha256
+            written = load_file(out / "model.safetensors")
+            nans = 0
+            for name in poisoned:
+                t = written[name]
+                nan = t.float().isnan()
+                nans += int(nan.sum())
+                assert (t.view(itype)[nan] == canonical).all(), (library, norm, name)
+            assert nans > 0
+        assert hashes["fused"] == hashes["numpy"] == hashes["torch"], norm
+
+
 @pytest.mark.parametrize(
     ("where", "exc"),
     [

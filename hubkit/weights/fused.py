@@ -18,7 +18,8 @@ read-only, or ``NUMBA_CACHE_DIR``. Later processes load the machine code in ~0.3
 read-only and C-contiguous (see :func:`_src`), so that there is one specialization per dtype.
 
 Storage and compute dtypes (as hubkit): BF16 (its uint16 bits) and F16 compute in float32, F32 and F64 in
-float64. Upcasts are exact; downcasts round to nearest-even, overflow → ±inf; a BF16 NaN becomes 0x7FC0.
+float64. Upcasts are exact; downcasts round to nearest-even, overflow → ±inf; every NaN becomes the storage
+dtype's positive quiet NaN (BF16 0x7FC0, F16 0x7E00, F32 0x7FC00000, F64 0x7FF8000000000000).
 
 Fixed orders (the definition; :mod:`hubkit.weights.kernels` writes the same with whole-array ops, for numpy
 and torch):
@@ -39,9 +40,10 @@ and torch):
 * bias b [d]: the ``rows`` op on one row.
 
 Each step is one IEEE-rounded op in the compute dtype (w is rounded to it first; sqrt is correctly rounded,
-which torch's CPU sqrt is not: see ``TorchKernels.sqrt``); the final cast rounds to the storage dtype. NaN: BF16 outputs are
-canonical; F16/F32/F64 keep the arithmetic's NaN, whose sign/payload may differ from numpy's when a sum
-meets two different NaNs (x86 keeps one operand's, and compilers commute operands).
+which torch's CPU sqrt is not: see ``TorchKernels.sqrt``); the final cast rounds to the storage dtype. NaN outputs are
+canonical in every dtype: the arithmetic's NaN has a sign and payload that depend on operand order when a
+sum meets two different NaNs (x86 keeps one operand's, and compilers commute operands), so the bytes would
+differ between numpy, LLVM and machines.
 
 The checks (hubkit's ``before``/``after``/``norm``) are diagnostics: float64 totals of compute-dtype partial
 sums in fixed orders of their own (lanes of ``_SEG`` columns, flushed every ``_FLUSH`` rows), equal to the
@@ -130,7 +132,21 @@ def _f16_up(typingctx: Any, v: Any) -> Any:
 
 @intrinsic
 def _f16_down(typingctx: Any, y: Any) -> Any:
-    """float32 → float16 bits: LLVM ``fptrunc`` (vcvtps2ph: nearest-even, overflow → ±inf, NaN kept quiet)."""
+    """float32 → float16 bits: LLVM ``fptrunc`` (vcvtps2ph: nearest-even, overflow → ±inf); NaN → 0x7E00."""
+    if y != types.float32:
+        return None
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        res = builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), _I16)
+        nan = builder.fcmp_unordered("uno", args[0], args[0])
+        return builder.select(nan, ir.Constant(_I16, 0x7E00), res)
+
+    return types.int16(y), codegen
+
+
+@intrinsic
+def _f16_down_finite(typingctx: Any, y: Any) -> Any:
+    """:func:`_f16_down` for a value known not to be NaN."""
     if y != types.float32:
         return None
 
@@ -138,6 +154,23 @@ def _f16_down(typingctx: Any, y: Any) -> Any:
         return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), _I16)
 
     return types.int16(y), codegen
+
+
+@intrinsic
+def _canonical_nan(typingctx: Any, y: Any) -> Any:
+    """``y``, or the positive quiet NaN (0x7FC00000, 0x7FF8000000000000) when ``y`` is any NaN: the sign and
+    payload of a NaN made by arithmetic depend on operand order, which compilers choose."""
+    if y not in (types.float32, types.float64):
+        return None
+    width = 32 if y == types.float32 else 64
+    bits = 0x7FC00000 if width == 32 else 0x7FF8000000000000
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        canonical = builder.bitcast(ir.Constant(ir.IntType(width), bits), args[0].type)
+        nan = builder.fcmp_unordered("uno", args[0], args[0])
+        return builder.select(nan, canonical, args[0])
+
+    return y(y), codegen
 
 
 def _up(v):  # storage scalar → compute scalar (typed dispatch below)
@@ -173,17 +206,24 @@ def _down_ov(y, like):  # unannotated, as _up_ov
     if dt == types.int16:
         return lambda y, like: _f16_down(y)
     if dt == types.float32:
-        return lambda y, like: np.float32(y)
+        return lambda y, like: _canonical_nan(np.float32(y))
     if dt == types.float64:
-        return lambda y, like: y
+        return lambda y, like: _canonical_nan(y)
     return None
 
 
 @overload(_down_finite, inline="always")
 def _down_finite_ov(y, like):  # unannotated, as _up_ov
-    if like.dtype == types.uint16:
+    dt = like.dtype
+    if dt == types.uint16:
         return lambda y, like: _bf16_down_finite(y)
-    return lambda y, like: _down(y, like)
+    if dt == types.int16:
+        return lambda y, like: _f16_down_finite(y)
+    if dt == types.float32:
+        return lambda y, like: np.float32(y)
+    if dt == types.float64:
+        return lambda y, like: y
+    return None
 
 
 # ---------------------------------------------------------------- prefetch (the kernels run at memory speed)
@@ -652,7 +692,7 @@ def upcast(x: np.ndarray) -> np.ndarray:
 
 def downcast(y: np.ndarray, storage: Any) -> np.ndarray:
     """Compute-dtype values → ``storage`` (uint16 for BF16 bits, float16, float32, float64), rounding to
-    nearest-even as the kernels do (BF16 NaN → 0x7FC0)."""
+    nearest-even as the kernels do (every NaN → the dtype's positive quiet NaN)."""
     ct = compute_dtype(storage)
     y = np.ascontiguousarray(y, dtype=ct)
     o = np.empty(y.shape, np.dtype(storage))

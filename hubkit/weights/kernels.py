@@ -34,6 +34,9 @@ if TYPE_CHECKING:
     import torch
 
 
+#: each storage dtype's positive quiet NaN, as (unsigned view, bits): every path writes this one for any NaN
+CANONICAL_NAN = {"BF16": ("u2", 0x7FC0), "F16": ("u2", 0x7E00), "F32": ("u4", 0x7FC00000),
+                 "F64": ("u8", 0x7FF8000000000000)}
 #: elements per compute chunk. Part of the output's definition (the cross-chunk summation order of ``cols``
 #: ops depends on it), so it is a constant, the same on every device.
 CHUNK_ELEMS = 1 << 16
@@ -107,7 +110,11 @@ class NumpyKernels(Kernels):
         np = self.np
         if self.code != "BF16":
             with np.errstate(over="ignore"):  # beyond the storage range rounds to ±inf, as in torch
-                return y.astype(self.storage)
+                out = y.astype(self.storage)
+            nan = np.isnan(out)
+            if nan.any():  # the arithmetic's NaN sign/payload depends on operand order: one NaN for all paths
+                out.view(CANONICAL_NAN[self.code][0])[nan] = CANONICAL_NAN[self.code][1]
+            return out
         bits = y.view(np.uint32)
         t = bits >> 16
         t &= 1  # the lowest kept bit: ties go to even
@@ -156,10 +163,9 @@ class TorchKernels(Kernels):
 
     def down(self, y: Any) -> Any:
         out = y.to(self.storage)
-        if self.storage == self.torch.bfloat16:  # torch's CPU cast keeps a NaN's sign and payload (0xFFFF)
-            nan = y.isnan()
-            if bool(nan.any()):
-                out[nan] = float("nan")  # 0x7FC0, as numpy's and the fused kernels' cast
+        nan = y.isnan()  # torch's CPU cast keeps a NaN's sign and payload (BF16 0xFFFF)
+        if bool(nan.any()):
+            out[nan] = float("nan")  # the positive quiet NaN, as numpy's and the fused kernels' cast
         return out
 
     def cat(self, parts: list[Any], axis: int) -> Any:
