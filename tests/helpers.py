@@ -1,10 +1,13 @@
-"""Small builders shared by the foundation tests: a minimal valid run on disk."""
+"""Small builders shared by the tests: a minimal valid run on disk, an interpreter without numba."""
 
 from __future__ import annotations
 
 import shutil
+import sys
 import textwrap
 from pathlib import Path
+
+import pytest
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 EXAMPLES = ("capability-vector-v1", "refusal-abliteration", "persona-vector")
@@ -27,3 +30,13 @@ def write_run(root: Path, manifest: str, files: dict[str, str | bytes] | None = 
         else:
             p.write_text(textwrap.dedent(content).lstrip("\n"))
     return root
+
+
+def without_numba(m: pytest.MonkeyPatch) -> None:
+    """As if numba were not installed: ``import numba`` raises ImportError, and hubkit.weights.fused is imported
+    afresh (so the executor's import of it fails and it falls back to the numpy kernels)."""
+    import hubkit.weights
+
+    m.setitem(sys.modules, "numba", None)  # import numba → ImportError
+    m.delitem(sys.modules, "hubkit.weights.fused")
+    m.delattr(hubkit.weights, "fused")

@@ -26,6 +26,7 @@ from hubkit.weights import fused
 from hubkit.weights import kernels as kn
 from hubkit.weights import plan as wplan
 from tests import tiny_models as tm
+from tests.helpers import without_numba
 
 CODES = {"BF16": np.uint16, "F16": np.float16, "F32": np.float32, "F64": np.float64}
 EPS = {"BF16": 2.0**-8, "F16": 2.0**-10, "F32": 2.0**-23, "F64": 2.0**-52}  # storage: hubkit's thresholds
@@ -430,16 +431,6 @@ def _with_edit(plan: wplan.TensorPlan, weight: float, norm: str) -> wplan.Tensor
     return dataclasses.replace(plan, ops=ops)
 
 
-def _without_numba(m: pytest.MonkeyPatch) -> None:
-    """As if numba were not installed: ``import numba`` raises ImportError, and hubkit.weights.fused is imported
-    afresh (so the executor's import of it fails and it falls back to the numpy kernels)."""
-    import hubkit.weights
-
-    m.setitem(sys.modules, "numba", None)  # import numba → ImportError
-    m.delitem(sys.modules, "hubkit.weights.fused")
-    m.delattr(hubkit.weights, "fused")
-
-
 @pytest.mark.parametrize("family", ["qwen3_5", "llama_bias_bf16", "qwen3_moe", "gpt_oss_f16"])
 def test_executor_without_numba_gives_the_same_bytes(family: str, ckpts: dict[str, Path],
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
@@ -452,20 +443,14 @@ def test_executor_without_numba_gives_the_same_bytes(family: str, ckpts: dict[st
         plan = _with_edit(base, weight, norm)
         with_numba = ab.execute_plan(plan, src, None, r, progress=False)
         with monkeypatch.context() as m:
-            _without_numba(m)
+            without_numba(m)
             without = ab.execute_plan(plan, src, None, r, progress=False)
         assert with_numba.shards_sha256 == without.shards_sha256, (weight, norm)
+        assert (with_numba.library, without.library) == ("fused", "numpy")
         for a, b in zip(with_numba.checks, without.checks, strict=True):
             assert a.name == b.name and a.checked == b.checked and a.ok and b.ok
             assert a.before == pytest.approx(b.before, rel=1e-4, abs=1e-12)
             assert a.after == pytest.approx(b.after, rel=1e-4, abs=a.threshold / 2)
-
-
-def test_numba_import_failure_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
-    _without_numba(monkeypatch)
-    assert ab._load_fused() is None
-    k = ab._cpu_kernels("BF16", kn.unit_vector(np.ones(8)), "fused", None, ab._Blocks())
-    assert isinstance(k, kn.NumpyKernels)
 
 
 def test_a_run_says_when_it_compiled_the_kernels(ckpts: dict[str, Path], tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from hubkit.formats.safetensors_io import INDEX_NAME
 from hubkit.publish.push import regenerate_and_push
 from hubkit.weights import regenerate as rg
 from tests import tiny_models as tm
+from tests.helpers import without_numba
 
 BASE_ID = "Qwen/Qwen3.5-4B"
 
@@ -230,6 +231,18 @@ def test_a_cpu_regeneration_never_imports_torch(base: Path, tmp_path: Path) -> N
     assert done.returncode == 0, done.stderr
     here = rg.regenerate(staged, base_model=base, out=tmp_path / "here", progress=False)
     assert done.stdout.strip() == f"[] {here.shards_sha256}"
+
+
+def test_regenerate_says_when_numba_is_missing(base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without numba the run still succeeds (the numpy kernels, the same bytes) and says why it was slow and how
+    to mend it; with numba it says nothing of the kind."""
+    recipe = make_recipe(tmp_path / "staged")
+    with_numba = rg.regenerate(recipe, base_model=base, out=tmp_path / "a", progress=False)
+    without_numba(monkeypatch)
+    without = rg.regenerate(recipe, base_model=base, out=tmp_path / "b", progress=False)
+    assert with_numba.shards_sha256 == without.shards_sha256
+    assert not any("numba could not be imported" in n for n in with_numba.notes)
+    assert any("numba could not be imported" in n and "pip install numba" in n for n in without.notes)
 
 
 def test_a_bad_direction_file_is_a_one_line_error_and_leaves_nothing(base: Path, tmp_path: Path) -> None:

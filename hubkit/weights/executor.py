@@ -99,6 +99,7 @@ class ExecutionResult:
     checks: list[TensorCheck]
     compiled: int = 0  # kernel specializations numba compiled in this process (a first run on a machine)
     kernel_cache: str | None = None  # where numba keeps them
+    library: str = CPU_LIBRARY  # what computed: "fused" (numba), or "numpy" when numba could not be imported
 
     @property
     def worst(self) -> TensorCheck | None:
@@ -763,8 +764,9 @@ def execute_plan(
             sh.close()
         bar.close()
     compiled, cache = fused.compiled_here() if fused is not None else (0, None)
+    used = "numpy" if library == "fused" and fused is None else library
     return ExecutionResult(dict(sorted(hashes.items())), sorted(checks, key=lambda c: c.name),
-                           compiled - compiled_before, cache)
+                           compiled - compiled_before, cache, used)
 
 
 def _cpus() -> int:
