@@ -46,6 +46,8 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 
+from pagecache import drop_all, drop_checkpoint, warm  # noqa: E402
+
 LAYER = 22  # the seed recipe's layer (block convention here)
 #: the recipes --recipes can name: their keys in hubkit.json's regenerate record (beyond direction and layer)
 RECIPES: dict[str, dict] = {
@@ -54,35 +56,6 @@ RECIPES: dict[str, dict] = {
     "pre": {"targets": ["attn_out", "mlp_down"], "norm": "pre"},
     "preserve": {"targets": ["attn_out", "mlp_down"], "norm": "preserve"},
 }
-
-
-def _drop_caches() -> bool:
-    try:
-        os.sync()
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
-        return True
-    except OSError:
-        return False
-
-
-def _drop_checkpoint(ckpt: Path) -> bool:
-    """Drop only the checkpoint's pages from the page cache (``POSIX_FADV_DONTNEED`` on each shard: clean pages
-    go, no root needed); the interpreter and its libraries stay cached, as on a machine in use."""
-    os.sync()
-    for f in sorted(ckpt.glob("*.safetensors")):
-        fd = os.open(f, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-    return True
-
-
-def _warm(ckpt: Path) -> None:
-    """Read the shards once (in a child: this process stays small, see :func:`_recipe`)."""
-    subprocess.run(
-        ["cat", *map(str, sorted(ckpt.glob("*.safetensors")))], stdout=subprocess.DEVNULL, check=True
-    )
 
 
 def _child(argv: list[str], env: dict[str, str] | None = None) -> dict:
@@ -262,9 +235,9 @@ def main() -> None:
     def run(name: str, argv: list[str], out: Path, src: Path = ckpt, child_env: dict[str, str] = env) -> None:
         if out.exists():
             shutil.rmtree(out)
-        cold = _drop_caches() if args.cold else _drop_checkpoint(src) if args.cold_checkpoint else False
+        cold = drop_all() if args.cold else drop_checkpoint(src) if args.cold_checkpoint else False
         if not (args.cold or args.cold_checkpoint):
-            _warm(src)
+            warm(src)
         res = _child(argv, child_env)
         res["cold_cache"] = cold
         if res["rc"] != 0:

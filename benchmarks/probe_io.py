@@ -33,16 +33,9 @@ import threading
 import time
 from pathlib import Path
 
+from pagecache import drop_all
+
 RANGE = 64 << 20
-
-
-def _drop() -> bool:
-    os.sync()
-    try:
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
-        return True
-    except OSError:
-        return False
 
 
 def _shards(ckpt: Path) -> list[Path]:
@@ -239,7 +232,7 @@ def main() -> None:
     for _ in range(args.repeats):
         for name, fn in probes:
             shutil.rmtree(out, ignore_errors=True)
-            dropped = _drop()
+            dropped = drop_all()
             t = time.perf_counter()
             extra = fn()
             sec = time.perf_counter() - t

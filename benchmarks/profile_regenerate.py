@@ -28,6 +28,8 @@ from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pagecache import drop_all  # noqa: E402
+
 T0 = time.perf_counter()
 STREAMS = ["_copy_stream", "_compute_ops", "_write_stream", "_hash_into"]  # busy, timeline
 WRAPPED = [
@@ -51,11 +53,6 @@ RECIPES = {
     "pre": (("attn_out", "mlp_down"), 1.0, "pre"),
     "preserve": (("attn_out", "mlp_down"), 1.0, "preserve"),
 }
-
-
-def _drop_caches() -> None:
-    os.sync()
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
 def _plan(wplan, checkpoint: Path, recipe: str):
@@ -125,7 +122,7 @@ def main() -> None:
     if args.helpers is not None:
         ab.compute_helpers = lambda: args.helpers
     if args.cold:
-        _drop_caches()
+        drop_all()
     if args.processes:
         out = Path(tempfile.mkdtemp(dir=args.checkpoint.parent)) / "out"
         try:

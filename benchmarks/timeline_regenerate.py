@@ -29,6 +29,8 @@ from pathlib import Path  # noqa: E402
 
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # after PYTHONPATH: --baseline-style A/B
 
+from pagecache import drop_checkpoint  # noqa: E402
+
 EVENTS: list[tuple[float, str, str]] = []
 SAMPLES: list[dict] = []
 EXECUTOR = ["_copy_stream", "_compute_ops", "_write_stream", "_hash_into", "_load_fused"]
@@ -110,16 +112,6 @@ def _busy(samples: list[dict], interval: float, idle_mb_s: int = 100) -> dict:
     }
 
 
-def _drop(ckpt: Path) -> None:
-    os.sync()
-    for f in sorted(ckpt.glob("*.safetensors")):
-        fd = os.open(f, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-
-
 def _copy(src: Path, dst: Path) -> None:
     """The benchmark's floor: shutil.copyfile of every file, then fsync (as bench_regenerate.py's copy)."""
     dst.mkdir(parents=True)
@@ -146,7 +138,7 @@ def main() -> None:
                     help="override a constant of hubkit.weights.executor for this run (an experiment)")
     args = ap.parse_args(argv)
     if args.cold_checkpoint:
-        _drop(args.cold_checkpoint)
+        drop_checkpoint(args.cold_checkpoint)
     where = args.copy[1].parent if args.copy else Path.cwd()
     dev = _device_of(where)
     stop = threading.Event()
