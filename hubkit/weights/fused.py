@@ -40,10 +40,10 @@ and torch):
 * bias b [d]: the ``rows`` op on one row.
 
 Each step is one IEEE-rounded op in the compute dtype (w is rounded to it first; sqrt is correctly rounded,
-which torch's CPU sqrt is not: see ``TorchKernels.sqrt``); the final cast rounds to the storage dtype. NaN outputs are
-canonical in every dtype: the arithmetic's NaN has a sign and payload that depend on operand order when a
-sum meets two different NaNs (x86 keeps one operand's, and compilers commute operands), so the bytes would
-differ between numpy, LLVM and machines.
+which torch's CPU sqrt is not: see ``TorchKernels.sqrt``); the final cast rounds to the storage dtype. NaN
+outputs are canonical in every dtype: when a sum meets two different NaNs the result keeps one operand's sign
+and payload (x86), and which operand is first is the compiler's choice, so the bytes would otherwise differ
+between numpy, LLVM and machines.
 
 The checks (hubkit's ``before``/``after``/``norm``) are diagnostics: float64 totals of compute-dtype partial
 sums in fixed orders of their own (lanes of ``_SEG`` columns, flushed every ``_FLUSH`` rows), equal to the
