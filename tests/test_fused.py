@@ -454,16 +454,23 @@ def test_executor_without_numba_gives_the_same_bytes(family: str, ckpts: dict[st
 
 
 def test_a_run_says_when_it_compiled_the_kernels(ckpts: dict[str, Path], tmp_path: Path) -> None:
-    """With an empty numba cache the first process compiles (and says how many kernels, and where they are
-    cached); the second loads them and says nothing. Subprocesses: this one has its kernels loaded already."""
+    """With an empty numba cache the first process compiles: above its progress bar it says so while it happens,
+    and afterwards how many kernels and where they are cached; the second loads them and says neither.
+    Subprocesses: this one has its kernels loaded already."""
     import subprocess
 
     code = ("import sys, numpy as np; from hubkit.weights import executor as ab, plan as wp; "
             "p = wp.plan_checkpoint(sys.argv[1], ('attn_out', 'mlp_down')); "
-            "r = ab.execute_plan(p, sys.argv[1], None, np.ones(p.hidden_size), progress=False); "
+            "r = ab.execute_plan(p, sys.argv[1], sys.argv[2], np.ones(p.hidden_size), progress=True); "
             "print(r.compiled, r.kernel_cache)")
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
-    runs = [subprocess.run([sys.executable, "-c", code, str(ckpts["llama_bias_bf16"])], env=env, check=True,
-                           capture_output=True, text=True).stdout.split() for _ in range(2)]
-    assert int(runs[0][0]) > 0 and runs[0][1].startswith(str(tmp_path / "numba"))
-    assert int(runs[1][0]) == 0
+    runs = []
+    for i in range(2):
+        (tmp_path / f"out{i}").mkdir()
+        runs.append(subprocess.run([sys.executable, "-c", code, str(ckpts["llama_bias_bf16"]), str(tmp_path / f"out{i}")],
+                                   env=env, check=True, capture_output=True, text=True))
+    first, second = (r.stdout.split() for r in runs)
+    assert int(first[0]) > 0 and first[1].startswith(str(tmp_path / "numba"))
+    assert int(second[0]) == 0
+    assert ab.COMPILING in runs[0].stderr and ab.COMPILING not in runs[1].stderr
+    assert runs[0].stderr.count(ab.COMPILING) == 1

@@ -9,6 +9,7 @@ import mmap
 import os
 import queue
 import shutil
+import sys
 import threading
 import warnings
 from collections import deque
@@ -70,6 +71,8 @@ CPU_LIBRARY = "fused"
 #: free output blocks kept for reuse, at most (see :class:`_Blocks`)
 SPARE_BYTES = 128 << 20
 _PAGE = mmap.PAGESIZE
+#: shown above the progress bar when numba starts compiling (once per machine; later runs load the kernels)
+COMPILING = "numba is compiling the kernels for this machine (once: later runs load them from its cache) ..."
 
 @dataclass
 class TensorCheck:
@@ -692,6 +695,7 @@ def execute_plan(
     flusher = threading.Thread(target=_flush_stream, args=(shared,), daemon=True, name="hubkit-flush")
     helpers: ThreadPoolExecutor | None = None
     threads_before: int | None = None
+    stop_listening: Any = None
 
     def start(target: Any, *args: Any) -> None:
         workers.append(threading.Thread(target=target, args=(*args, shared), daemon=True, name=f"hubkit{target.__name__}"))
@@ -712,6 +716,8 @@ def execute_plan(
         library = CPU_LIBRARY
         fused = _load_fused() if library == "fused" else None  # numba's import (~0.2 s) while bytes move
         compiled_before = fused.compiled_here()[0] if fused is not None else 0
+        if fused is not None and not bar.disable:  # a first run on a machine: say why the compute waits
+            stop_listening = fused.on_first_compile(lambda: bar.write(COMPILING, file=sys.stderr))
         given = vectors() if callable(vectors) else vectors
         if not isinstance(given, dict):  # one direction for every op (the seed recipe's form)
             given = {op.vector: given for op in plan.ops}
@@ -758,6 +764,8 @@ def execute_plan(
             flusher.join()
         if helpers is not None:
             helpers.shutdown(cancel_futures=True)
+        if stop_listening is not None:
+            stop_listening()
         if threads_before is not None:
             __import__("torch").set_num_threads(threads_before)
         for sh in shards:

@@ -53,6 +53,8 @@ numpy kernels' to rounding, not bit for bit (numpy's pairwise ``sum`` and ``eins
 from __future__ import annotations
 
 import math
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -945,3 +947,25 @@ def compiled_here() -> tuple[int, str | None]:
             n += sum(stats.cache_misses.values())
             where = where or stats.cache_path
     return n, where
+
+
+def on_first_compile(callback: Callable[[], None]) -> Callable[[], None]:
+    """Call ``callback()`` once, when numba starts compiling a kernel in this process (a cache miss: the first
+    run on a machine, seconds to tens of seconds), so that the wait is explained while it happens. Returns the
+    call that stops listening."""
+    from numba.core import event
+
+    fired = threading.Event()
+
+    class _First(event.Listener):
+        def on_start(self, ev: Any) -> None:
+            if not fired.is_set():
+                fired.set()
+                callback()
+
+        def on_end(self, ev: Any) -> None:
+            pass
+
+    listener = _First()
+    event.register("numba:compile", listener)
+    return lambda: event.unregister("numba:compile", listener)
