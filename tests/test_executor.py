@@ -253,11 +253,11 @@ def test_deterministic_and_blocking_invariant(
 
 
 #: each dtype's positive quiet NaN (IEEE 754; BF16 is float32's top half), and its bits as an integer view
-NAN_BITS = {torch.float32: (torch.int32, 0x7FC00000), torch.float16: (torch.int16, 0x7E00),
-            torch.bfloat16: (torch.int16, 0x7FC0)}
+NAN_BITS = {torch.float64: (torch.int64, 0x7FF8000000000000), torch.float32: (torch.int32, 0x7FC00000),
+            torch.float16: (torch.int16, 0x7E00), torch.bfloat16: (torch.int16, 0x7FC0)}
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
 def test_nan_outputs_are_the_same_bytes_in_every_library(
     dtype: torch.dtype, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -283,7 +283,7 @@ def test_nan_outputs_are_the_same_bytes_in_every_library(
     save_file(tensors, str(shard), metadata={"format": "pt"})
     plan = wplan.plan_checkpoint(src)
     r = _r(5)
-    for norm in ("none", "preserve"):
+    for norm in ("none", "pre", "preserve"):
         normed = dataclasses.replace(plan, ops=[
             dataclasses.replace(op, norm=norm if op.kind == "cols" and op.how != "bias" else "none")
             for op in plan.ops])
@@ -292,7 +292,9 @@ def test_nan_outputs_are_the_same_bytes_in_every_library(
             monkeypatch.setattr(ab, "CPU_LIBRARY", library)
             out = tmp_path / f"{norm}-{library}"
             out.mkdir()
-            hashes[library] = ab.execute_plan(normed, src, out, r, progress=False).shards_sha256
+            res = ab.execute_plan(normed, src, out, r, progress=False)
+            assert res.library == library and not res.numba_missing
+            hashes[library] = res.shards_sha256
             written = load_file(out / "model.safetensors")
             nans = 0
             for name in poisoned:

@@ -447,10 +447,24 @@ def test_executor_without_numba_gives_the_same_bytes(family: str, ckpts: dict[st
             without = ab.execute_plan(plan, src, None, r, progress=False)
         assert with_numba.shards_sha256 == without.shards_sha256, (weight, norm)
         assert (with_numba.library, without.library) == ("fused", "numpy")
+        assert not with_numba.numba_missing and without.numba_missing
         for a, b in zip(with_numba.checks, without.checks, strict=True):
             assert a.name == b.name and a.checked == b.checked and a.ok and b.ok
             assert a.before == pytest.approx(b.before, rel=1e-4, abs=1e-12)
             assert a.after == pytest.approx(b.after, rel=1e-4, abs=a.threshold / 2)
+
+
+def test_first_compile_message_ignores_other_librarys_kernels() -> None:
+    """The listener is process-wide: a numba compile of anyone else's code during a run says nothing."""
+    from numba import njit
+
+    said: list[str] = []
+    stop = fused.on_first_compile(lambda: said.append("compiling"))
+    try:
+        njit(lambda x: x * 3 + 1)(2)  # a fresh function of this module: compiled now
+    finally:
+        stop()
+    assert said == []
 
 
 def test_a_run_says_when_it_compiled_the_kernels(ckpts: dict[str, Path], tmp_path: Path) -> None:

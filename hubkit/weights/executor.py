@@ -102,7 +102,8 @@ class ExecutionResult:
     checks: list[TensorCheck]
     compiled: int = 0  # kernel specializations numba compiled in this process (a first run on a machine)
     kernel_cache: str | None = None  # where numba keeps them
-    library: str = CPU_LIBRARY  # what computed: "fused" (numba), or "numpy" when numba could not be imported
+    library: str = ""  # what computed: "fused" (numba), "numpy" or "torch"
+    numba_missing: bool = False  # "fused" was asked for, numba could not be imported: numpy computed instead
 
     @property
     def worst(self) -> TensorCheck | None:
@@ -772,9 +773,9 @@ def execute_plan(
             sh.close()
         bar.close()
     compiled, cache = fused.compiled_here() if fused is not None else (0, None)
-    used = "numpy" if library == "fused" and fused is None else library
+    missing = library == "fused" and fused is None
     return ExecutionResult(dict(sorted(hashes.items())), sorted(checks, key=lambda c: c.name),
-                           compiled - compiled_before, cache, used)
+                           compiled - compiled_before, cache, "numpy" if missing else library, missing)
 
 
 def _cpus() -> int:

@@ -959,9 +959,14 @@ def on_first_compile(callback: Callable[[], None]) -> Callable[[], None]:
 
     class _First(event.Listener):
         def on_start(self, ev: Any) -> None:
-            if not fired.is_set():
-                fired.set()
+            dispatcher = (ev.data or {}).get("dispatcher")
+            if fired.is_set() or getattr(getattr(dispatcher, "py_func", None), "__module__", None) != __name__:
+                return  # numba compiling another library's code, or already said
+            fired.set()
+            try:
                 callback()
+            except Exception:  # noqa: BLE001 - inside numba's compile: a failed message must not fail the kernel
+                pass
 
         def on_end(self, ev: Any) -> None:
             pass

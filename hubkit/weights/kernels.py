@@ -111,7 +111,7 @@ class NumpyKernels(Kernels):
         if self.code != "BF16":
             with np.errstate(over="ignore"):  # beyond the storage range rounds to ±inf, as in torch
                 out = y.astype(self.storage)
-            nan = np.isnan(out)
+            nan = np.isnan(y)
             if nan.any():  # the arithmetic's NaN sign/payload depends on operand order: one NaN for all paths
                 out.view(CANONICAL_NAN[self.code][0])[nan] = CANONICAL_NAN[self.code][1]
             return out
@@ -162,11 +162,9 @@ class TorchKernels(Kernels):
         return x.to(self.r.dtype)
 
     def down(self, y: Any) -> Any:
-        out = y.to(self.storage)
-        nan = y.isnan()  # torch's CPU cast keeps a NaN's sign and payload (BF16 0xFFFF)
-        if bool(nan.any()):
-            out[nan] = float("nan")  # the positive quiet NaN, as numpy's and the fused kernels' cast
-        return out
+        # torch's CPU cast keeps a NaN's sign and payload (BF16 0xFFFF); the fill writes the positive quiet NaN,
+        # as numpy's and the fused kernels' cast (no host sync: a device tensor stays on its device)
+        return y.to(self.storage).masked_fill_(y.isnan(), float("nan"))
 
     def cat(self, parts: list[Any], axis: int) -> Any:
         return self.torch.cat(parts, axis)

@@ -468,7 +468,7 @@ def regenerate(
             notes,
         )
         (tmp / "README.md").write_text(render_card(res, result), encoding="utf-8")
-    if result.library == "numpy":  # numba missing or broken: the same bytes, much slower; say how to mend it
+    if result.numba_missing:  # numba missing or broken: the same bytes, much slower; say how to mend it
         res.notes.append("numba could not be imported, so the numpy kernels computed (the same bytes, 8-20x "
                          "slower): `pip install numba` for the fused kernels")
     if result.compiled:  # said once, here (not in the card): why this run took longer than the next will
