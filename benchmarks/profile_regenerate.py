@@ -122,7 +122,8 @@ def main() -> None:
     if args.helpers is not None:
         ab.compute_helpers = lambda: args.helpers
     if args.cold:
-        drop_all()
+        if not drop_all():
+            raise SystemExit("--cold: dropping the page cache needs root (/proc/sys/vm/drop_caches)")
     if args.processes:
         out = Path(tempfile.mkdtemp(dir=args.checkpoint.parent)) / "out"
         try:

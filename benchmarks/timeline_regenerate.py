@@ -55,23 +55,26 @@ def _wrap(mod, name: str) -> None:
     setattr(mod, name, timed)
 
 
-def _device_of(path: Path) -> str | None:
-    """The /proc/diskstats name of the device holding ``path``."""
-    st = os.stat(path)
-    want = (os.major(st.st_dev), os.minor(st.st_dev))
-    for line in Path("/proc/diskstats").read_text().splitlines():
-        f = line.split()
-        if (int(f[0]), int(f[1])) == want:
-            return f[2]
-    return None
+def _disks(names: list[str]) -> list[str]:
+    """The devices to watch: those named, or every physical whole disk (``/sys/block/*/device``: no loop, ram,
+    zram or device-mapper devices, whose I/O would be counted twice or is not the disk's)."""
+    if names:
+        known = {line.split()[2] for line in Path("/proc/diskstats").read_text().splitlines()}
+        missing = sorted(set(names) - known)
+        if missing:
+            raise SystemExit(f"--device: not in /proc/diskstats: {', '.join(missing)}")
+        return names
+    return sorted(p.parent.name for p in Path("/sys/block").glob("*/device"))
 
 
-def _read_disk(dev: str) -> tuple[int, int, int]:
+def _read_disks(devs: list[str]) -> tuple[int, int, int]:
+    """Bytes read, bytes written (512-byte sectors: fields 6 and 10) and requests in flight (field 12), summed."""
+    r = w = inflight = 0
     for line in Path("/proc/diskstats").read_text().splitlines():
         f = line.split()
-        if f[2] == dev:
-            return int(f[5]) * 512, int(f[9]) * 512, int(f[11])
-    return 0, 0, 0
+        if f[2] in devs:
+            r, w, inflight = r + int(f[5]) * 512, w + int(f[9]) * 512, inflight + int(f[11])
+    return r, w, inflight
 
 
 def _dirty_mb() -> float:
@@ -82,33 +85,41 @@ def _dirty_mb() -> float:
     return kb / 1024
 
 
-def _sampler(dev: str, interval: float, stop: threading.Event) -> None:
-    r0, w0, _ = _read_disk(dev)
-    t0 = time.perf_counter()
-    while not stop.wait(interval):
-        r, w, inflight = _read_disk(dev)
-        t = time.perf_counter()
-        SAMPLES.append({
-            "t": round(t - T0, 3),
-            "read_mb_s": round((r - r0) / (t - t0) / 1e6),
-            "write_mb_s": round((w - w0) / (t - t0) / 1e6),
-            "in_flight": inflight,
-            "dirty_mb": round(_dirty_mb()),
-        })
-        r0, w0, t0 = r, w, t
+def _sample(devs: list[str], last: tuple[float, int, int]) -> tuple[dict, tuple[float, int, int]]:
+    r, w, inflight = _read_disks(devs)
+    t = time.perf_counter()
+    t0, r0, w0 = last
+    dt = max(t - t0, 1e-9)
+    row = {"t": round(t - T0, 3), "dt": round(dt, 4), "read_bytes": r - r0, "write_bytes": w - w0,
+           "read_mb_s": round((r - r0) / dt / 1e6), "write_mb_s": round((w - w0) / dt / 1e6),
+           "in_flight": inflight, "dirty_mb": round(_dirty_mb())}
+    return row, (t, r, w)
 
 
-def _busy(samples: list[dict], interval: float, idle_mb_s: int = 100) -> dict:
-    """The intervals where the disk moved more than ``idle_mb_s``, and its mean read and write rates over them: a
-    run bound by the disk keeps busy_s close to its wall time at the device's ceiling."""
+def _sampler(devs: list[str], interval: float, stop: threading.Event) -> None:
+    """A row every ``interval``, and one more when stopped (the last partial interval holds the closing fsync)."""
+    r, w, _ = _read_disks(devs)
+    last = (time.perf_counter(), r, w)
+    while True:
+        stopped = stop.wait(interval)
+        row, last = _sample(devs, last)
+        SAMPLES.append(row)
+        if stopped:
+            return
+
+
+def _busy(samples: list[dict], idle_mb_s: int = 100) -> dict:
+    """The intervals where the disk moved more than ``idle_mb_s``, and its read and write rates over them (bytes
+    over measured seconds): a run bound by the disk keeps busy_s close to its wall time at the device's ceiling.
+    The totals are the counters' differences over the whole run."""
     busy = [s for s in samples if s["read_mb_s"] + s["write_mb_s"] > idle_mb_s]
-    n = max(1, len(busy))
+    secs = sum(s["dt"] for s in busy) or 1e-9
     return {
-        "busy_s": len(busy) * interval,
-        "read_mb_s": round(sum(s["read_mb_s"] for s in busy) / n),
-        "write_mb_s": round(sum(s["write_mb_s"] for s in busy) / n),
-        "read_gb": sum(s["read_mb_s"] for s in samples) * interval / 1e3,
-        "write_gb": sum(s["write_mb_s"] for s in samples) * interval / 1e3,
+        "busy_s": round(sum(s["dt"] for s in busy), 2),
+        "read_mb_s": round(sum(s["read_bytes"] for s in busy) / secs / 1e6),
+        "write_mb_s": round(sum(s["write_bytes"] for s in busy) / secs / 1e6),
+        "read_gb": sum(s["read_bytes"] for s in samples) / 1e9,
+        "write_gb": sum(s["write_bytes"] for s in samples) / 1e9,
     }
 
 
@@ -133,16 +144,19 @@ def main() -> None:
     ap.add_argument("--cold-checkpoint", type=Path, help="drop this checkpoint's pages from the page cache first")
     ap.add_argument("--copy", nargs=2, type=Path, metavar=("SRC", "DST"), help="time a plain copy instead")
     ap.add_argument("--interval", type=float, default=0.25)
+    ap.add_argument("--device", action="append", default=[], metavar="NAME",
+                    help="a /proc/diskstats device to watch (repeatable); default: every physical disk")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--set", action="append", default=[], metavar="NAME=INT",
                     help="override a constant of hubkit.weights.executor for this run (an experiment)")
     args = ap.parse_args(argv)
     if args.cold_checkpoint:
         drop_checkpoint(args.cold_checkpoint)
-    where = args.copy[1].parent if args.copy else Path.cwd()
-    dev = _device_of(where)
+    devs = _disks(args.device)
+    if not devs:
+        print("no physical disk found under /sys/block: no disk samples (name one with --device)", file=sys.stderr)
     stop = threading.Event()
-    sampler = threading.Thread(target=_sampler, args=(dev, args.interval, stop), daemon=True) if dev else None
+    sampler = threading.Thread(target=_sampler, args=(devs, args.interval, stop), daemon=True) if devs else None
     global T0
     T0 = time.perf_counter()
     if sampler:
@@ -182,7 +196,8 @@ def main() -> None:
                       f"in flight {s['in_flight']:3}  dirty+wb {s['dirty_mb']:5} MB") for s in SAMPLES]
     for t, text in sorted(rows, key=lambda r: r[0]):
         print(f"{t:7.3f}  {text}")
-    busy = _busy(SAMPLES, args.interval)
+    busy = _busy(SAMPLES)
+    dev = "+".join(devs) or "none"
     print(f"wall {wall:.2f} s, disk {dev}: busy {busy['busy_s']:.2f} s at read {busy['read_mb_s']} + write "
           f"{busy['write_mb_s']} MB/s on average, {busy['read_gb']:.2f} GB read, {busy['write_gb']:.2f} GB written")
     if args.json:
