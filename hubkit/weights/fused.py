@@ -89,38 +89,6 @@ def _bf16_up(typingctx: Any, v: Any) -> Any:
 
 
 @intrinsic
-def _bf16_down(typingctx: Any, y: Any) -> Any:
-    """float32 → bfloat16 bits, nearest-even by an integer add (as hubkit's numpy ``down``); NaN → 0x7FC0."""
-    if y != types.float32:
-        return None
-
-    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
-        bits = builder.bitcast(args[0], _I32)
-        lsb = builder.and_(builder.lshr(bits, ir.Constant(_I32, 16)), ir.Constant(_I32, 1))
-        t = builder.add(builder.add(bits, ir.Constant(_I32, 0x7FFF)), lsb)
-        res = builder.trunc(builder.lshr(t, ir.Constant(_I32, 16)), _I16)
-        nan = builder.fcmp_unordered("uno", args[0], args[0])
-        return builder.select(nan, ir.Constant(_I16, 0x7FC0), res)
-
-    return types.uint16(y), codegen
-
-
-@intrinsic
-def _bf16_down_finite(typingctx: Any, y: Any) -> Any:
-    """:func:`_bf16_down` for a value known not to be NaN (the same bits, two instructions fewer)."""
-    if y != types.float32:
-        return None
-
-    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
-        bits = builder.bitcast(args[0], _I32)
-        lsb = builder.and_(builder.lshr(bits, ir.Constant(_I32, 16)), ir.Constant(_I32, 1))
-        t = builder.add(builder.add(bits, ir.Constant(_I32, 0x7FFF)), lsb)
-        return builder.trunc(builder.lshr(t, ir.Constant(_I32, 16)), _I16)
-
-    return types.uint16(y), codegen
-
-
-@intrinsic
 def _f16_up(typingctx: Any, v: Any) -> Any:
     """float16 bits (held as int16, see :func:`_kernel_view`) → float32: LLVM ``fpext`` (exact)."""
     if v != types.int16:
@@ -132,30 +100,45 @@ def _f16_up(typingctx: Any, v: Any) -> Any:
     return types.float32(v), codegen
 
 
-@intrinsic
-def _f16_down(typingctx: Any, y: Any) -> Any:
-    """float32 → float16 bits: LLVM ``fptrunc`` (vcvtps2ph: nearest-even, overflow → ±inf); NaN → 0x7E00."""
-    if y != types.float32:
-        return None
-
-    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
-        res = builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), _I16)
-        nan = builder.fcmp_unordered("uno", args[0], args[0])
-        return builder.select(nan, ir.Constant(_I16, 0x7E00), res)
-
-    return types.int16(y), codegen
+def _bf16_bits(builder: Any, y: Any) -> Any:
+    """float32 → bfloat16 bits, nearest-even by an integer add (as hubkit's numpy ``down``)."""
+    bits = builder.bitcast(y, _I32)
+    lsb = builder.and_(builder.lshr(bits, ir.Constant(_I32, 16)), ir.Constant(_I32, 1))
+    t = builder.add(builder.add(bits, ir.Constant(_I32, 0x7FFF)), lsb)
+    return builder.trunc(builder.lshr(t, ir.Constant(_I32, 16)), _I16)
 
 
-@intrinsic
-def _f16_down_finite(typingctx: Any, y: Any) -> Any:
-    """:func:`_f16_down` for a value known not to be NaN."""
-    if y != types.float32:
-        return None
+def _f16_bits(builder: Any, y: Any) -> Any:
+    """float32 → float16 bits: LLVM ``fptrunc`` (vcvtps2ph: nearest-even, overflow → ±inf)."""
+    return builder.bitcast(builder.fptrunc(y, ir.HalfType()), _I16)
 
-    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
-        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), _I16)
 
-    return types.int16(y), codegen
+def _down_intrinsic(bits: Any, result: Any, nan: int | None, doc: str) -> Any:
+    """A float32 → 16-bit storage cast: ``bits`` builds the rounding; with ``nan`` every NaN input gives that
+    one bit pattern (the dtype's positive quiet NaN), without it the input is known not to be NaN (two
+    instructions fewer, the same bits otherwise)."""
+
+    def typer(typingctx: Any, y: Any) -> Any:
+        if y != types.float32:
+            return None
+
+        def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+            res = bits(builder, args[0])
+            if nan is None:
+                return res
+            is_nan = builder.fcmp_unordered("uno", args[0], args[0])
+            return builder.select(is_nan, ir.Constant(_I16, nan), res)
+
+        return result(y), codegen
+
+    typer.__doc__ = doc
+    return intrinsic(typer)
+
+
+_bf16_down = _down_intrinsic(_bf16_bits, types.uint16, 0x7FC0, "float32 → bfloat16 bits; NaN → 0x7FC0")
+_bf16_down_finite = _down_intrinsic(_bf16_bits, types.uint16, None, "float32 (not NaN) → bfloat16 bits")
+_f16_down = _down_intrinsic(_f16_bits, types.int16, 0x7E00, "float32 → float16 bits; NaN → 0x7E00")
+_f16_down_finite = _down_intrinsic(_f16_bits, types.int16, None, "float32 (not NaN) → float16 bits")
 
 
 @intrinsic
