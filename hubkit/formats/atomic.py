@@ -4,6 +4,7 @@ export). A killed run leaves only a temporary sibling, which the next run in tha
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,6 +46,8 @@ def staging_dir(target: str | Path, *, overwrite: bool = False) -> Iterator[Path
     An interrupted or failed run removes the temporary folder, so ``target`` never holds half a model.
     """
     target = Path(target).absolute()
+    if target.is_symlink():
+        raise HubkitError(f"{target}: is a symbolic link (give the folder itself)")
     if target.exists() and not overwrite and (not target.is_dir() or any(target.iterdir())):
         raise HubkitError(f"{target}: already exists and is not empty (choose another --out or remove it)")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -55,25 +58,37 @@ def staging_dir(target: str | Path, *, overwrite: bool = False) -> Iterator[Path
     tmp.mkdir()
     try:
         yield tmp
-        if target.exists():
+        if overwrite and target.exists():
             old = target.parent / f".{target.name}.hubkit-old-{os.getpid()}"
             os.rename(target, old)
             os.rename(tmp, target)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            os.rename(tmp, target)
+            try:  # atomic: onto nothing or an empty folder; refused when another run filled it meanwhile
+                os.rename(tmp, target)
+            except OSError as e:
+                raise HubkitError(f"{target}: appeared while this run was writing (another run?); nothing "
+                                  f"of this run was kept ({e.strerror})") from e
         _fsync_dir(target.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
+#: the names hubkit gives its temporary siblings (and nothing else may be removed as one)
+_OURS = re.compile(r"^\..+\.hubkit-(?:tmp|old)-(?P<pid>[0-9]{1,10})$")
+
+
 def _remove_stale(target: Path) -> None:
     """Remove what earlier runs that were killed left beside any target in this folder (their process is
-    gone): a ``kill -9`` leaves its temporary sibling, and the next run here, whatever its target, cleans it."""
+    gone): a ``kill -9`` leaves its temporary sibling, and the next run here, whatever its target, cleans it.
+    Only names of exactly hubkit's form (``.<name>.hubkit-tmp-<pid>``, ``-old-``) are touched."""
     for p in target.parent.glob(".*.hubkit-*-*"):
-        pid = p.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
+        m = _OURS.match(p.name)
+        if m is None:
+            continue
+        pid = m["pid"]
+        if int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p, ignore_errors=True)
             else:
