@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -23,6 +26,7 @@ class _Group(click.Group):
         return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context):
+        previous = _terminate_as_interrupt()
         try:
             return super().invoke(ctx)
         except ValidationFailed as e:
@@ -45,6 +49,22 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _terminate_as_interrupt() -> Any:
+    """SIGTERM (``kill``, ``timeout``, a job scheduler) winds down as Ctrl-C does: every stream stops and
+    nothing half-written is left (the default handler killed the process where it stood). Returns the handler
+    it replaced (None off the main thread, where none can be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _terminate)
 
 
 def _bars(no_progress: bool) -> bool:

@@ -64,6 +64,33 @@ def test_a_full_disk_while_staging_is_one_line_and_leaves_nothing(tmp_path, monk
     assert not (tmp_path / "out").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
 
 
+def test_sigterm_while_staging_winds_down_like_ctrl_c(tmp_path, monkeypatch):
+    """``kill`` / ``timeout`` mid-publish: "interrupted", exit 130, nothing half-written; the process's own
+    SIGTERM handler is back afterwards."""
+    import os
+    import shutil
+    import signal
+    import time
+
+    from tests.helpers import copy_example
+
+    run = copy_example("persona-vector", tmp_path)
+    real = shutil.copyfile
+
+    def killed(src, dst, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if str(dst).endswith(".pt"):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler interrupts this
+        return real(src, dst, *a, **kw)
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(shutil, "copyfile", killed)
+    r = invoke("publish", str(run), "--out", str(tmp_path / "out"))
+    assert r.exit_code == 130 and r.stderr.strip() == "interrupted", r.stderr
+    assert not (tmp_path / "out").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 def test_run_dir_that_is_a_file_or_empty(tmp_path):
     f = tmp_path / "f.txt"
     f.write_text("x")

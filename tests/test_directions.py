@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -116,6 +118,10 @@ def test_bad_values(tmp_path):
     torch.save(unit(3), tmp_path / "three.pt")
     with pytest.raises(DirectionError, match="selected layer 7 .* not among"):
         read_direction_file(tmp_path / "three.pt", layer=7)
+    for key in ("--5", "layer.--2", "layer.-+1"):  # one sign at most: int() would raise past the check
+        torch.save({key: torch.ones(8)}, tmp_path / "keys.pt")
+        with pytest.raises(DirectionError, match=f"key '{re.escape(key)}' is not a layer index"):
+            read_direction_file(tmp_path / "keys.pt")
 
 
 def test_norms_reported(tmp_path):

@@ -81,9 +81,17 @@ def test_gguf_layer_and_parse_layers():
         gguf_layer(0, "hidden_states")
     assert parse_layers("10-12") == [10, 11, 12]
     assert parse_layers("4, 8,12-13") == [4, 8, 12, 13]
-    for bad in ("x", "5-3", "-2", "", "all"):
+    for bad in ("x", "5-3", "-2", "", "all", "0-999999999"):  # a range no model has is a typo, not 1e9 layers
         with pytest.raises(PlanError, match="--layers"):
             parse_layers(bad)
+
+
+def test_a_scale_that_is_not_a_finite_float32_is_refused(staged, tmp_path):
+    out = tmp_path / "s.gguf"
+    for scale in (float("nan"), float("inf"), 1e39):
+        with pytest.raises(PlanError, match="--scale .*not a finite float32"):
+            export_gguf(staged["persona-vector"], out, scale=scale)
+    assert not out.exists() and not list(tmp_path.glob(".s.gguf*"))
 
 
 def test_usage_line_shows_control_vector_scaled():

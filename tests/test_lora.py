@@ -150,3 +150,27 @@ def test_export_reads_in_blocks_of_rows(regen: dict, tmp_path: Path, monkeypatch
     assert a.keys() == b.keys() and a
     for key in a:
         assert np.abs(a[key] - b[key]).max() <= 1e-6 * np.abs(a[key]).max(), key
+
+
+def test_an_adapter_with_nan_or_inf_is_refused(tmp_path: Path) -> None:
+    """A NaN in a targeted base tensor, or a weight that overflows float32, would make NaN/inf factors: refused
+    in one line, nothing written."""
+    from safetensors.torch import load_file as load_torch
+    from safetensors.torch import save_file
+
+    from hubkit.errors import PlanError
+    from tests.test_recipes import stage
+
+    base = tm.save_llama(tmp_path / "base")
+    with pytest.raises(PlanError, match="adapter would hold NaN or inf"):
+        lora.export_lora(stage(tmp_path / "big", {"layer": 1, "targets": ["mlp_down"], "weight": 1e300}),
+                         base_model=base, out=tmp_path / "o1")
+    shard = base / "model.safetensors"
+    tensors = load_torch(str(shard))
+    name = next(k for k in tensors if k.endswith("layers.1.mlp.down_proj.weight"))
+    tensors[name][0, 0] = float("nan")
+    save_file(tensors, str(shard), metadata={"format": "pt"})
+    with pytest.raises(PlanError, match="adapter would hold NaN or inf"):
+        lora.export_lora(stage(tmp_path / "s", {"layer": 1, "targets": ["mlp_down"]}), base_model=base,
+                         out=tmp_path / "o2")
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()

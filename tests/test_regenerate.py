@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from hubkit.errors import DirectionError, HubError, HubkitError, ProvenanceError
+from hubkit.errors import DirectionError, HubError, HubkitError, PlanError, ProvenanceError
 from hubkit.formats.directions import DirectionSet, write_canonical
 from hubkit.formats.safetensors_io import INDEX_NAME
 from hubkit.publish.push import regenerate_and_push
+from hubkit.weights import plan as wplan
 from hubkit.weights import regenerate as rg
 from tests import tiny_models as tm
 from tests.helpers import without_numba
@@ -186,6 +187,80 @@ def test_snapshot_of_another_revision_is_refused(base: Path, tmp_path: Path) -> 
     shutil.copytree(base, other)
     with pytest.raises(ProvenanceError, match="a snapshot of meta/Llama"):
         rg.regenerate(staged, base_model=other, out=tmp_path / "out", progress=False)
+
+
+def test_a_local_snapshot_named_folder_is_not_called_verified(base: Path, tmp_path: Path) -> None:
+    """A folder laid out like the Hub cache's snapshot says a repo and commit by its name only: the card says
+    so, and a note says its files were not checked (a fetched snapshot is)."""
+    snap = tmp_path / "hub" / "models--Qwen--Qwen3.5-4B" / "snapshots" / ("a" * 40)
+    shutil.copytree(base, snap)
+    res = rg.regenerate(make_recipe(tmp_path / "staged"), base_model=snap, out=tmp_path / "out", progress=False)
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "by its folder's name" in card and "resolved and fetched" not in card
+    assert any("its files were not checked against the Hub" in n for n in res.notes)
+
+
+def test_a_base_file_leading_outside_the_folder_is_refused(base: Path, tmp_path: Path) -> None:
+    """A symbolic link in the base folder (a tokenizer to /etc/passwd, a shard elsewhere) would be read, and
+    copied into the output, as the model's: refused before anything is written."""
+    staged = make_recipe(tmp_path / "staged")
+    outside = tmp_path / "outside.txt"
+    outside.write_text("secret")
+    for name in ("tokenizer.model", "config.json"):
+        folder = tmp_path / f"base-{name}"
+        shutil.copytree(base, folder)
+        (folder / name).unlink(missing_ok=True)
+        (folder / name).symlink_to(outside)
+        with pytest.raises(ProvenanceError, match=f"{name}: leads outside the base folder"):
+            rg.regenerate(staged, base_model=folder, out=tmp_path / "out", progress=False)
+        assert not (tmp_path / "out").exists()
+
+
+def test_non_finite_results_are_refused_and_nothing_is_written(base: Path, tmp_path: Path) -> None:
+    """A weight that overflows the storage dtype, or a NaN already in a targeted base tensor, would write NaN or
+    inf: refused in one line naming the tensor, no folder (and no hashes recorded)."""
+    with pytest.raises(PlanError, match="would write NaN or inf .*overflows the storage dtype"):
+        rg.regenerate(make_recipe(tmp_path / "big", weight=1e300), base_model=base, out=tmp_path / "o1",
+                      progress=False)
+    assert not (tmp_path / "o1").exists()
+    from safetensors.torch import load_file, save_file
+
+    poisoned = tmp_path / "nan-base"
+    shutil.copytree(base, poisoned)
+    plan = wplan.plan_checkpoint(poisoned)
+    op = next(o for o in plan.ops if o.target == "mlp_down")
+    shard = poisoned / op.shard
+    tensors = load_file(shard)
+    tensors[op.name][1, 2] = float("nan")
+    save_file(tensors, str(shard), metadata={"format": "pt"})
+    with pytest.raises(PlanError, match=f"{op.name}.*would write NaN or inf .*base tensor already holds"):
+        rg.regenerate(make_recipe(tmp_path / "staged"), base_model=poisoned, out=tmp_path / "o2", progress=False)
+    assert not (tmp_path / "o2").exists()
+    with pytest.raises(PlanError, match="would write NaN or inf"):
+        rg.record_regeneration(make_recipe(tmp_path / "staged2"), poisoned)
+
+
+@pytest.mark.parametrize(("config", "pattern"), [
+    ([1, 2], "not a JSON object"),
+    ("[" * 100_000 + "]" * 100_000, "not valid JSON"),
+    ({"num_hidden_layers": 10**12}, "out of range"),
+    ({"hidden_size": 0}, "out of range"),
+    ({"model_type": 5}, "needs model_type"),
+])
+def test_a_hostile_config_is_one_line_and_quick(base: Path, tmp_path: Path, config: object, pattern: str) -> None:
+    folder = tmp_path / "b"
+    shutil.copytree(base, folder)
+    if isinstance(config, dict):
+        cfg = json.loads((base / "config.json").read_text())
+        (cfg.get("text_config") or cfg).update(config)
+        cfg.update({k: v for k, v in config.items() if k == "model_type"})
+        text = json.dumps(cfg)
+    else:
+        text = config if isinstance(config, str) else json.dumps(config)
+    (folder / "config.json").write_text(text)
+    with pytest.raises(HubkitError, match=pattern):
+        rg.regenerate(make_recipe(tmp_path / "staged"), base_model=folder, out=tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
 
 
 def test_tampered_direction_file_is_refused(base: Path, tmp_path: Path) -> None:

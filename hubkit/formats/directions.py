@@ -209,7 +209,7 @@ def _layer_key(key: Any, where: str) -> int:
         return key
     s = str(key)
     def ok(t: str) -> bool:
-        t = t.lstrip("-")
+        t = t[1:] if t.startswith("-") else t  # one sign at most: int() refuses '--5'
         return t.isascii() and t.isdigit() and len(t) < 10
     for prefix in ("layer.", "layer_", "layers.", "layer", "l", "L"):
         if s.startswith(prefix) and ok(s[len(prefix) :]):

@@ -287,14 +287,27 @@ def read_index(model_dir: str | Path) -> tuple[list[ShardInfo], dict[str, Tensor
 # ====================================================================== config and dtypes
 
 
+#: a model's config.json is a few kB; anything this large is not one
+MAX_CONFIG_BYTES = 4 << 20
+#: bounds on the facts a plan loops over (the largest published models have ~100 blocks and d ~ 16k)
+MAX_BLOCKS, MAX_HIDDEN = 10_000, 1 << 20
+
+
 def read_config(model_dir: str | Path) -> dict[str, Any]:
     path = Path(model_dir) / "config.json"
     try:
-        return json.loads(path.read_text())
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise PlanError(f"{path}: {path.stat().st_size} bytes, not a model config (at most {MAX_CONFIG_BYTES})")
+        config = json.loads(path.read_text())
     except FileNotFoundError as e:
         raise PlanError(f"{path}: not found (the base checkpoint needs its config.json)") from e
-    except ValueError as e:
-        raise PlanError(f"{path}: not valid JSON ({e})") from e
+    except (ValueError, RecursionError) as e:
+        raise PlanError(f"{path}: not valid JSON ({str(e).splitlines()[0][:200]})") from e
+    except OSError as e:
+        raise PlanError(f"{path}: can't be read ({e.strerror})") from e
+    if not isinstance(config, dict):
+        raise PlanError(f"{path}: not a JSON object")
+    return config
 
 
 def text_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -309,10 +322,13 @@ def config_facts(config: dict[str, Any], where: str = "config.json") -> tuple[st
     model_type = config.get("model_type") or tc.get("model_type")
     d = tc.get("hidden_size", config.get("hidden_size"))
     n = tc.get("num_hidden_layers", config.get("num_hidden_layers"))
-    if not model_type or not isinstance(d, int) or not isinstance(n, int):
+    if not isinstance(model_type, str) or not model_type or type(d) is not int or type(n) is not int:
         raise PlanError(
             f"{where}: needs model_type, hidden_size and num_hidden_layers (text_config for VLMs)"
         )
+    if not (0 < d <= MAX_HIDDEN and 0 < n <= MAX_BLOCKS):
+        raise PlanError(f"{where}: hidden_size {d}, num_hidden_layers {n}: out of range for a model "
+                        f"(1–{MAX_HIDDEN}, 1–{MAX_BLOCKS})")
     return str(model_type), d, n
 
 

@@ -16,6 +16,7 @@ cannot be represented, and asking for them is an error rather than a silently dr
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from hubkit.errors import PlanError
@@ -39,6 +40,11 @@ def gguf_layer(layer: int, convention: str) -> int:
     return n
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+#: no model has more blocks than this: a wider range is a typo (and would be expanded in memory)
+MAX_LAYER_SPAN = 10_000
+
+
 def parse_layers(spec: str) -> list[int]:
     """``"10-20"``, ``"22"``, ``"4,8,12-14"`` → sorted layer list (inclusive ranges)."""
     out: set[int] = set()
@@ -48,7 +54,7 @@ def parse_layers(spec: str) -> list[int]:
             if "-" in part:
                 lo, hi = part.split("-", 1)
                 a, b = int(lo), int(hi)
-                if a < 0 or b < a:
+                if a < 0 or b < a or b - a > MAX_LAYER_SPAN:
                     raise ValueError
                 out.update(range(a, b + 1))
             elif int(part) >= 0:
@@ -78,6 +84,8 @@ def export_gguf(
     import gguf
     import numpy as np
 
+    if not (math.isfinite(scale) and abs(scale) <= FLOAT32_MAX):
+        raise PlanError(f"--scale {scale}: not a finite float32 number")
     ds = repo_or_dir if isinstance(repo_or_dir, LoadedDirections) else load_directions(
         repo_or_dir, name=name, revision=revision)
     if isinstance(layers, str):
@@ -113,6 +121,8 @@ def export_gguf(
             writer.add_string("hubkit.source_commit", ds.commit)
         for layer, n in mapping.items():
             vec = (ds.layers[layer].double() * float(scale)).float().numpy().astype(np.float32)
+            if not np.isfinite(vec).all():
+                raise PlanError(f"--scale {scale}: direction.{n} overflows float32")
             writer.add_tensor(f"direction.{n}", vec)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()

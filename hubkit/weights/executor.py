@@ -5,6 +5,7 @@ rewritten block by block, every output byte hashed on the way. It knows nothing 
 from __future__ import annotations
 
 import hashlib
+import math
 import mmap
 import os
 import queue
@@ -86,6 +87,7 @@ class TensorCheck:
     #: the edit removes r entirely (weight 1, norm none): ``after`` must be at rounding level. Other edits keep
     #: part of r by design (a weight below 1, row norms restored), so their ``after`` is reported, not judged.
     checked: bool = True
+    finite: bool = True  # ‖W'‖² of the written tensor is finite: no NaN or inf was written
 
     @property
     def threshold(self) -> float:
@@ -112,6 +114,16 @@ class ExecutionResult:
     @property
     def all_orthogonal(self) -> bool:
         return all(c.ok for c in self.checks)
+
+    def refuse_non_finite(self, where: str) -> None:
+        """A written tensor holding NaN or inf is an error, never a result: named, with its likely cause."""
+        bad = [c for c in self.checks if not c.finite]
+        if bad:
+            c = bad[0]
+            cause = ("the base tensor already holds NaN or inf" if not math.isfinite(c.before) else
+                     "the recipe's weight or vector overflows the storage dtype")
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            raise PlanError(f"{where}: {c.name}{more}: the edit would write NaN or inf ({cause}); nothing written")
 
 
 class _Stop(Exception):
@@ -433,7 +445,8 @@ def _compute_op(
     assert pos == op.end, (op.name, pos, op.end)
     del t
     before, after = acc.ratios()
-    return TensorCheck(op.name, op.target, op.dtype, before, after, checked=op.weight == 1.0 and op.norm == "none")
+    return TensorCheck(op.name, op.target, op.dtype, before, after, checked=op.weight == 1.0 and op.norm == "none",
+                       finite=math.isfinite(float(acc.norm)))
 
 
 def _fused_op(op: TensorOp, t: Any, k: _FusedKernels, emit: Any, on_helpers: Any, helped: bool) -> Acc:

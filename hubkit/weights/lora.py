@@ -287,6 +287,11 @@ def export_lora(source: Any, *, base_model: str | Path | None = None, out: str |
     for bias_name, b in sorted(biases.items()):
         tensors[f"base_model.model.{bias_name.removesuffix('.bias')}.base_layer.bias"] = torch.from_numpy(
             b.astype(np.float32))
+    bad = sorted(k for k, t in tensors.items() if not bool(torch.isfinite(t).all()))
+    if bad:  # a NaN/inf in the base's targeted tensors, or a weight that overflows float32: never an adapter
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise PlanError(f"{base.path}: {bad[0]}{more}: the adapter would hold NaN or inf (the base tensor holds "
+                        "NaN/inf, or the recipe's weight overflows float32); nothing written")
     config = {
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": name, "r": r, "lora_alpha": r,
         "lora_dropout": 0.0, "use_rslora": False, "use_dora": False, "fan_in_fan_out": False,

@@ -244,6 +244,7 @@ class BaseCheckpoint:
     repo_id: str | None  # None: a local folder of unknown origin
     commit: str | None
     notes: list[str] = field(default_factory=list)
+    fetched: bool = False  # resolved and downloaded through the Hub client here (not a folder found on disk)
 
 
 def resolve_base(
@@ -285,7 +286,9 @@ def _local_base(recipe: PublishedRecipe, path: Path) -> BaseCheckpoint:
         raise ProvenanceError(
             f"{path}: snapshot of {repo_id} at {commit[:12]}, the recipe records revision {rev[:12]}"
         )
-    return BaseCheckpoint(path, repo_id, commit)
+    return BaseCheckpoint(path, repo_id, commit, [
+        f"base is the local folder {path}, laid out as the Hub cache's snapshot of {repo_id} at {commit[:12]}: "
+        "its name says so, its files were not checked against the Hub"])
 
 
 def _hub_base(repo_id: str, revision: str | None, *, plan_only: bool) -> BaseCheckpoint:
@@ -294,7 +297,21 @@ def _hub_base(repo_id: str, revision: str | None, *, plan_only: bool) -> BaseChe
     patterns = BASE_PATTERNS if not plan_only else [p for p in BASE_PATTERNS if p != "*.safetensors"]
     path = hub.snapshot(repo_id, commit, allow_patterns=patterns)
     notes = [] if revision else [f"the recipe records no base_model_revision; used {repo_id}@{commit[:12]}"]
-    return BaseCheckpoint(path, repo_id, commit, notes)
+    return BaseCheckpoint(path, repo_id, commit, notes, fetched=True)
+
+
+def confine_base(base: BaseCheckpoint) -> None:
+    """Refuse a base folder whose files lead outside it (a symbolic link to another file would be read, and
+    copied into the output, as the model's). The Hub cache's snapshot folders link into ``../../blobs``: for a
+    path inside ``models--ORG--NAME/snapshots/COMMIT`` that cache folder is the bound."""
+    here = base.path.resolve()
+    m = _SNAPSHOT.search(here.as_posix())
+    bound = here.parents[1] if m is not None else here
+    for pattern in BASE_PATTERNS:
+        for f in sorted(base.path.glob(pattern)):
+            real = f.resolve()
+            if not real.is_relative_to(bound):
+                raise ProvenanceError(f"{f}: leads outside the base folder (to {real}); refused")
 
 
 def _remote_index(base: BaseCheckpoint) -> tuple[list[Any], dict[str, Any]]:
@@ -410,6 +427,7 @@ def prepare(
 ) -> tuple[PublishedRecipe, BaseCheckpoint, TensorPlan]:
     recipe = load_recipe(source, revision=revision)
     base = resolve_base(recipe, base_model, plan_only=plan_only)
+    confine_base(base)
     config = read_config(base.path)
     check_provenance(recipe, config, base)
     if plan_only and not any(base.path.glob("*.safetensors")) and base.repo_id:
@@ -448,6 +466,7 @@ def regenerate(
     out = Path(out)
     with staging_dir(out, overwrite=overwrite) as tmp:
         result = execute_plan(plan, base.path, tmp, _vectors(recipe, plan), progress=progress)
+        result.refuse_non_finite(str(base.path))
         for pattern in _COPIED:
             for f in sorted(base.path.glob(pattern)):
                 if f.is_file():
@@ -512,9 +531,9 @@ def record_regeneration(
     Nothing is written: the shards are streamed through the hash only.
     """
     recipe, base, plan = prepare(source, None, base_dir, False)
-    return execute_plan(
-        plan, base.path, None, _vectors(recipe, plan), progress=progress
-    ).shards_sha256
+    result = execute_plan(plan, base.path, None, _vectors(recipe, plan), progress=progress)
+    result.refuse_non_finite(str(base.path))
+    return result.shards_sha256
 
 
 # ====================================================================== the weights card
@@ -524,8 +543,11 @@ def render_card(res: RegenerateResult, result: ExecutionResult) -> str:
     """README.md of the regenerated folder: where the weights come from and how to check them."""
     r, plan, base = res.recipe, res.plan, res.base
     base_name = base.repo_id or r.base_model or str(base.path)
-    if base.repo_id and base.commit:
-        base_line = f"{base.repo_id} @ `{base.commit}` (verified: resolved on the Hub, or a snapshot of that commit)"
+    if base.repo_id and base.commit and base.fetched:
+        base_line = f"{base.repo_id} @ `{base.commit}` (resolved and fetched by commit through the Hub client)"
+    elif base.repo_id and base.commit:
+        base_line = (f"{base.repo_id} @ `{base.commit}`, by its folder's name (a local Hub-cache snapshot; its "
+                     "files were not checked against the Hub)")
     else:  # a folder of unknown origin: only its config and tensors were checked
         said = f", said to be {r.base_model}" if r.base_model else ""
         base_line = f"a local folder (`{base.path.name}`){said}; its origin was not verified"
