@@ -278,6 +278,10 @@ def card(run_dir: Path, output: Path | None, template_dir: Path | None) -> None:
     click.echo(f"wrote {output}{extra}")
 
 
+#: tasks per arm that --arm counts accept (the exact tests are exact up to here in seconds)
+MAX_ARM_N = 1_000_000
+
+
 class _ArmCounts(click.ParamType):
     """``ID=PASSES/N`` as used by ``hubkit stats --arm``."""
 
@@ -292,8 +296,8 @@ class _ArmCounts(click.ParamType):
         if not m:
             self.fail(f"'{value}' is not ID=PASSES/N (e.g. abl=7/89)", param, ctx)
         arm, passes, n = m.group(1), int(m.group(2)), int(m.group(3))
-        if n < 1 or passes > n:
-            self.fail(f"'{value}': need 0 <= passes <= N and N >= 1", param, ctx)
+        if n < 1 or passes > n or n > MAX_ARM_N:
+            self.fail(f"'{value}': need 0 <= passes <= N and 1 <= N <= {MAX_ARM_N:,}", param, ctx)
         return arm, passes, n
 
 

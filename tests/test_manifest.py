@@ -90,6 +90,11 @@ def test_unknown_nested_key():
         (("sections: [{title: Why it failed, file: notes/why.md}]", "sections: [{title: Why}]"),
          "needs exactly one of file or text"),
         (("tags: [activation-steering, persona-vector]", "tags: {a: 1}"), "tags must be a list"),
+        (("tags: [activation-steering, persona-vector]", "max_file_size_mb: .nan"), "max_file_size_mb must be > 0"),
+        (("tags: [activation-steering, persona-vector]", "max_file_size_mb: .inf"), "max_file_size_mb must be > 0"),
+        (("tags: [activation-steering, persona-vector]", "max_file_size_mb: -1"), "max_file_size_mb must be > 0"),
+        (("tags: [activation-steering, persona-vector]", "geometry: {resamples: 1000000000}"),
+         "geometry.resamples must be <= 100000"),
     ],
 )
 def test_bad_values_are_one_line_errors_with_line(change, message):

@@ -538,3 +538,18 @@ def test_a_publish_killed_after_creating_the_repo_is_completed_by_a_rerun(hub, r
     hub._create_repo("model", repo_id, False)  # what a publish killed right after create_repo leaves
     r = pub(run, repo_id)
     assert r.version == "v1" and meta(hub, repo_id)["version"] == "v1" and "v1" in _tags(hub, repo_id)
+
+
+def test_out_may_not_be_the_run_inside_it_or_holding_it(tmp_path: Path) -> None:
+    """`publish P --out P` replaced a pulled run's folder, losing its unpublished files; --out inside the run
+    would be shipped as run content by the next publish."""
+    from hubkit.publish.commit import stage_run
+
+    run = copy_example("persona-vector", tmp_path)
+    (run / "local.key").write_text("mine")
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    for out in (run, run / "build", tmp_path):
+        with pytest.raises(HubkitError, match="is the run .*, inside it or holding it"):
+            stage_run(run, out)
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+    assert (run / "local.key").read_text() == "mine"

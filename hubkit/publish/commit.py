@@ -51,12 +51,21 @@ _FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)", r
 def stage_run(run_dir: str | Path, out: str | Path, *, template_dir: str | Path | None = None,
               with_weights: bool = False) -> Package:
     """Validate the run and write exactly the tree a publish would commit; no network, no token."""
+    _check_out_apart(Path(run_dir), Path(out))
     run = load_run(run_dir, with_weights=with_weights)
     check_secrets(run.root, [f.path for f in run.included_files], run.manifest.allow_secrets)
     package = build_package(run, template_dir=template_dir)
     check_generated(package.generated(), run.manifest.allow_secrets)
     stage(package, out)
     return package
+
+
+def _check_out_apart(run_dir: Path, out: Path) -> None:
+    """``--out`` replaces the folder it names: never the run itself, a folder inside it (the next publish would
+    ship the staged tree as run content) or a folder holding it."""
+    run, dest = run_dir.resolve(), out.resolve()
+    if dest == run or dest.is_relative_to(run) or run.is_relative_to(dest):
+        raise HubkitError(f"--out {out}: is the run {run_dir}, inside it or holding it; stage it elsewhere")
 
 
 @dataclass

@@ -240,11 +240,13 @@ _Check = Callable[[bytes, bytes, "re.Match[bytes]", int, int], "str | None"]  # 
 def _lit(prefix: str, body: str, boundary: str = "A-Za-z0-9", width: int = 0) -> re.Pattern[bytes]:
     """``prefix`` + ``body`` with the word-boundary test *after* the literal, so the regex engine can use
     its fast literal search; an escaped ``\\n``/``\\t`` (JSON strings, notebooks) counts as a boundary, and so
-    does ``_`` (``backup_hf_...`` in a file name; the random body keeps identifiers out).
+    does ``_`` (``backup_hf_...`` in a file name; the random body keeps identifiers out), and so does a terminal
+    colour code (``ESC[1m`` before a token in a coloured log: its ``m`` is a letter).
     ``width`` is the prefix length when it is not a plain literal with ``[...]`` classes."""
     width = width or len(re.sub(r"\[[^]]*\]|\\.", ".", prefix))
     dots = "." * width
-    look = rf"(?:(?<![{boundary}]{dots})|(?<=\\[ntr]{dots}))"
+    ansi = "".join(rf"|(?<=\x1b\[[0-9;]{{{k}}}m{dots})" for k in range(16))  # fixed-width lookbehinds
+    look = rf"(?:(?<![{boundary}]{dots})|(?<=\\[ntr]{dots}){ansi})"
     return re.compile((prefix + look + body).encode())
 
 

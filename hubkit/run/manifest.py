@@ -34,6 +34,12 @@ def is_repo_id(value: str) -> bool:
     return bool(_REPO_ID.match(value))
 
 
+#: a files-size limit beyond 1 TB is a typo (NaN and inf are refused as well)
+MAX_FILE_SIZE_MB = 1_000_000
+#: bootstrap resamples of the geometry intervals: enough for any 95 % interval, small enough to compute
+MAX_RESAMPLES = 100_000
+
+
 @dataclass
 class DirectionSpec:
     name: str
@@ -273,13 +279,15 @@ class _Parser:
             raise self.fail(path, f"{self.dotted(path)} must be a string, got {_kind(value)}")
         return str(value)
 
-    def integer(self, value: Any, path: tuple, *, minimum: int | None = 0) -> int | None:
+    def integer(self, value: Any, path: tuple, *, minimum: int | None = 0, maximum: int | None = None) -> int | None:
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.fail(path, f"{self.dotted(path)} must be an integer, got {_kind(value)} {value!r}")
         if minimum is not None and value < minimum:
             raise self.fail(path, f"{self.dotted(path)} must be >= {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise self.fail(path, f"{self.dotted(path)} must be <= {maximum}, got {value}")
         return value
 
     def number(self, value: Any, path: tuple) -> float:
@@ -397,6 +405,9 @@ def parse_manifest(text: str, where: str = MANIFEST_NAME) -> Manifest:
             setattr(m, key, p.str_list(top[key], (key,)))
     if "max_file_size_mb" in top:
         m.max_file_size_mb = p.number(top["max_file_size_mb"], ("max_file_size_mb",))
+        if not 0 < m.max_file_size_mb <= MAX_FILE_SIZE_MB:
+            raise p.fail(("max_file_size_mb",), f"max_file_size_mb must be > 0 and <= {MAX_FILE_SIZE_MB} "
+                         f"(a number of MB), got {m.max_file_size_mb}")
     if "alpha" in top:
         m.alpha = p.number(top["alpha"], ("alpha",))
         if not 0 < m.alpha < 1:
@@ -518,7 +529,8 @@ def _geometry_sections(p: _Parser, top: dict[str, Any], m: Manifest) -> None:
     if top.get("geometry") is not None:
         g = p.mapping(top["geometry"], ("geometry",), GeometrySpec)
         m.geometry = GeometrySpec(p.integer(g.get("seed"), ("geometry", "seed"), minimum=None),
-                                  p.integer(g.get("resamples", 1000), ("geometry", "resamples"), minimum=100) or 1000)
+                                  p.integer(g.get("resamples", 1000), ("geometry", "resamples"), minimum=100,
+                                            maximum=MAX_RESAMPLES) or 1000)
 
 
 def _evaluation(p: _Parser, e: Any, path: tuple) -> EvaluationSpec:

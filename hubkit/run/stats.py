@@ -50,8 +50,14 @@ def _hypergeom_weights(passes: int, n: int, base_passes: int, base_n: int) -> tu
     """Integer weights ``C(n, k) · C(base_n, K − k)`` of every table with the observed margins (K = all
     passes), indexed by the arm's passes k; P(k) = weight / C(n + base_n, K) exactly."""
     total = passes + base_passes
-    ks = range(max(0, total - base_n), min(n, total) + 1)
-    return ks, [math.comb(n, k) * math.comb(base_n, total - k) for k in ks], math.comb(n + base_n, total)
+    lo, hi = max(0, total - base_n), min(n, total)
+    w = math.comb(n, lo) * math.comb(base_n, total - lo)
+    weights = [w]
+    for k in range(lo, hi):  # the next table's weight by the ratio of binomials: exact (the quotient is the
+        # integer C(n, k+1)·C(base_n, K−k−1)), and O(n) big-integer steps instead of O(n) binomials (O(n²))
+        w = w * (n - k) * (total - k) // ((k + 1) * (base_n - total + k + 1))
+        weights.append(w)
+    return range(lo, hi + 1), weights, math.comb(n + base_n, total)
 
 
 def fisher_exact(passes: int, n: int, base_passes: int, base_n: int, alternative: str = "greater") -> float:
@@ -89,7 +95,9 @@ def mcnemar_exact(a_only: int, b_only: int, alternative: str = "two-sided") -> f
     n = a_only + b_only
     if n == 0:
         return 1.0
-    weights = [math.comb(n, k) for k in range(n + 1)]
+    weights = [1]
+    for k in range(n):  # C(n, k+1) = C(n, k)·(n−k)/(k+1), exactly
+        weights.append(weights[-1] * (n - k) // (k + 1))
     if alternative == "greater":
         num = sum(weights[a_only:])
     elif alternative == "less":
