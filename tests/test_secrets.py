@@ -627,3 +627,31 @@ def test_the_generated_card_is_scanned_even_when_its_source_file_is_allowed(tmp_
     assert token not in str(e.value) and not (tmp_path / "out").exists()
     (run / "hubkit.yaml").write_text(text.replace("[RESULTS_FINAL.md]", "[RESULTS_FINAL.md, README.md]"))
     stage_run(run, tmp_path / "out")  # the author vouches for the card too
+
+
+def test_tensor_names_are_believed_only_when_the_bytes_agree(tmp_path: Path):
+    """HF Trainer's training_args.bin is a torch zip whose pickle holds hub_token; a safetensors file's
+    metadata is free text; a legacy pickle's object graph comes before its storages; and a text file named
+    .bin or .png is text. Each is read as what it is (never unpickled); real tensors stay unread."""
+    import pickle
+
+    import torch
+    from safetensors.torch import save_file
+
+    torch.save({"args": {"hub_token": HF, "output_dir": "out"}, "w": torch.zeros(1000)}, tmp_path / "training_args.bin")
+    save_file({"w": torch.zeros(4)}, str(tmp_path / "model.safetensors"), metadata={"note": f"token {HF}"})
+    (tmp_path / "legacy.pt").write_bytes(pickle.dumps({"hub_token": HF}, protocol=2) + b"\0" * 1000)
+    (tmp_path / "notes.bin").write_text(f"HF_TOKEN={HF}\n")
+    (tmp_path / "leak.png").write_text(f"token: {HF}\n")
+    for name in ("training_args.bin", "model.safetensors", "legacy.pt", "notes.bin", "leak.png"):
+        assert [h.kind for h in scan_file(tmp_path / name)] == ["Hugging Face token"], name
+    torch.save({"w": torch.randn(1000)}, tmp_path / "clean.pt")  # storages are never read as text
+    save_file({"w": torch.randn(1000)}, str(tmp_path / "clean.safetensors"), metadata={"format": "pt"})
+    assert scan_file(tmp_path / "clean.pt") == [] and scan_file(tmp_path / "clean.safetensors") == []
+    assert is_binary(tmp_path / "training_args.bin") and not is_binary(tmp_path / "notes.bin")
+
+
+def test_a_token_after_a_terminal_colour_code_is_found():
+    for line in (f"token: \x1b[1m{HF}\x1b[0m", f"\x1b[38;5;1m{HF}", f"\x1b[38;2;255;100;0m{HF}"):
+        assert [h.kind for h in scan_text(line)] == ["Hugging Face token"], repr(line)
+    assert scan_text(f"x{HF}") == []  # glued to a word: still not a token

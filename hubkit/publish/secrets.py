@@ -10,9 +10,12 @@ way a person reading the published repo would read it, so a key cannot hide behi
   and the author can list the file under ``allow_secrets`` after checking it.
 * UTF-16 / UTF-32 text (BOM, or UTF-16/32 told apart by its NUL pattern) is transcoded; stray NUL bytes in
   otherwise textual files (tty captures) are dropped instead of marking the file binary.
-* Tensor, array and media formats (safetensors, .pt, .npy, parquet, png, ...) are skipped: their bytes are
-  numbers. Any other binary file is read like ``strings``: its printable ASCII runs of 12+ bytes are
-  scanned (hits are reported by byte offset).
+* Tensor, array and media formats (.npy, parquet, png, ...) are skipped when their bytes agree with their
+  name: the bytes are numbers. Their text is not: a safetensors file's JSON header (``__metadata__``), a torch
+  zip's pickles (Hugging Face Trainer's ``training_args.bin`` holds ``hub_token``) and the object graph of a
+  legacy pickle are read like ``strings`` (never unpickled), and a text file named ``.bin`` or ``.png`` is
+  text. Any other binary file is read like ``strings``: its printable ASCII runs of 12+ bytes are scanned
+  (hits are reported by byte offset).
 * File names and archive member names are scanned too (:func:`scan_names`): they appear in the card and in
   ``hubkit.json``.
 
@@ -576,6 +579,20 @@ class _Counted:
         return data
 
 
+class _Head:
+    """The first ``limit`` bytes of a stream."""
+
+    def __init__(self, raw: _Reader, limit: int):
+        self.raw, self.left = raw, limit
+
+    def read(self, n: int = -1, /) -> bytes:
+        if self.left <= 0:
+            return b""
+        data = self.raw.read(self.left if n < 0 else min(n, self.left))
+        self.left -= len(data)
+        return data
+
+
 class _Prefixed:
     """The sample already read, then the rest of the stream (sniffing without seeking)."""
 
@@ -671,15 +688,41 @@ _BROKEN = (OSError, EOFError, zlib.error, lzma.LZMAError, zipfile.BadZipFile, ta
            NotImplementedError)
 
 
+#: names torch.save writes (a zip of pickles and storages since torch 1.6, a bare pickle before)
+_TORCH_SUFFIXES = frozenset({".pt", ".pth", ".bin", ".ckpt"})
+#: the leading object graph of a legacy (non-zip) pickle that is scanned: the storages follow it
+PICKLE_HEAD = 64 << 20
+#: a safetensors JSON header longer than this is not one
+MAX_SAFETENSORS_HEADER = 100 << 20
+
+
+def _is_safetensors(sample: bytes) -> bool:
+    """A u64 header length, then a JSON object."""
+    return (len(sample) > 10 and sample[8:10] in (b'{"', b"{}")
+            and int.from_bytes(sample[:8], "little") < MAX_SAFETENSORS_HEADER)
+
+
 def _suffix(name: str) -> str:
     base = name.rsplit("/", 1)[-1].rsplit("!", 1)[-1]
     return "." + base.rsplit(".", 1)[-1].lower() if "." in base else ""
 
 
 def _sniff(sample: bytes, name: str) -> str:
-    """How a person would read these bytes: a container, an encoding of text, ``skip`` or ``strings``."""
-    if _suffix(name) in SKIP_SUFFIXES:
-        return "skip"
+    """How a person would read these bytes: a container, an encoding of text, ``skip`` or ``strings``.
+
+    A tensor or media name is believed only when the bytes agree: a safetensors file gives its JSON header
+    (``__metadata__`` is free text), a torch zip its pickles (``training_args.bin`` holds ``hub_token``), a
+    legacy pickle its leading object graph; a text file named ``.bin`` or ``.png`` is read as text."""
+    suffix = _suffix(name)
+    if suffix in SKIP_SUFFIXES:
+        if _is_safetensors(sample):
+            return "safetensors"
+        if suffix in _TORCH_SUFFIXES and sample.startswith(b"PK\x03\x04"):
+            return "torch-zip"
+        if suffix in _TORCH_SUFFIXES and sample[:1] == b"\x80" and sample[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+            return "pickle"
+        if sample.startswith((*_SKIP_MAGIC, b"PK\x03\x04", b"PK\x05\x06")) or not sample:
+            return "skip"
     if sample.startswith(b"\x1f\x8b"):
         return "gzip"
     if re.match(rb"BZh[1-9](?:1AY&SY|\x17rE8P\x90)", sample):
@@ -696,9 +739,10 @@ def _sniff(sample: bytes, name: str) -> str:
         return "utf-8-sig"
     if sample.startswith((b"\xff\xfe", b"\xfe\xff")):
         return "utf-16"
-    if sample.startswith(_SKIP_MAGIC) or (len(sample) > 10 and sample[8:10] == b'{"'
-                                          and int.from_bytes(sample[:8], "little") < 1 << 28):
-        return "skip"  # the last test: a safetensors header (u64 length, then JSON)
+    if _is_safetensors(sample):
+        return "safetensors"
+    if sample.startswith(_SKIP_MAGIC):
+        return "skip"
     if b"\0" not in sample:
         return "text"
     n = len(sample)
@@ -797,6 +841,13 @@ class _Scan:
                 self._tar(src, display, depth)
             elif kind == "strings":
                 _scan_strings(src, display, self.hits)
+            elif kind == "safetensors":  # only the header: metadata and tensor names, never the numbers
+                header = _read_upto(src, 8 + int.from_bytes(sample[:8], "little"))[8:]
+                _scan_blocks(_no_nul([header]), f"{display} (safetensors header)", hits=self.hits)
+            elif kind == "pickle":  # never unpickled: its strings, up to where the storages start
+                _scan_strings(_Head(src, PICKLE_HEAD), f"{display} (pickle)", self.hits)
+            elif kind == "torch-zip":
+                self._zip(src, display, depth, seekable, only=(".pkl",))
             elif kind == "text":
                 _scan_blocks(_no_nul(_blocks(src)), display, hits=self.hits)
             else:
@@ -812,9 +863,10 @@ class _Scan:
         self.hits.extend(SecretHit(full, 0, f.kind, f.masked, "file name") for f in found)
         return full, member
 
-    def _zip(self, src: _Reader, display: str, depth: int, seekable: BinaryIO | None) -> None:
+    def _zip(self, src: _Reader, display: str, depth: int, seekable: BinaryIO | None,
+             only: tuple[str, ...] = ()) -> None:
         if seekable is not None:
-            self._zip_members(seekable, display, depth)
+            self._zip_members(seekable, display, depth, only)
             return
         with tempfile.SpooledTemporaryFile(max_size=16 << 20) as spool:  # zip needs random access
             got = 0
@@ -823,17 +875,18 @@ class _Scan:
                 if got > self.limits.max_bytes:
                     raise _Refused(display, f"nested zip larger than {self.limits.max_bytes >> 20} MB")
                 spool.write(data)
-            self._zip_members(spool, display, depth)  # type: ignore[arg-type]
+            self._zip_members(spool, display, depth, only)  # type: ignore[arg-type]
 
-    def _zip_members(self, seekable: BinaryIO, display: str, depth: int) -> None:
+    def _zip_members(self, seekable: BinaryIO, display: str, depth: int, only: tuple[str, ...] = ()) -> None:
+        """Every member (``only``: those whose names end so, e.g. a torch zip's pickles, not its storages)."""
         declared = _zip_entries(seekable)
         if declared > self.limits.max_members - self.budget.members:
             raise _Refused(display, f"{declared} archive members declared (limit {self.limits.max_members})")
         with zipfile.ZipFile(seekable) as z:
             for info in z.infolist():
                 full, member = self._member(display, info.filename)
-                if info.is_dir() or _suffix(member) in SKIP_SUFFIXES:
-                    continue
+                if info.is_dir() or (only and not member.endswith(only)):
+                    continue  # a member with a tensor or media name is sniffed like a file: its bytes decide
                 if info.flag_bits & 0x1:
                     self.unscannable(full, "encrypted zip member")
                     continue
@@ -887,7 +940,8 @@ def scan_file(path: Path, display: str | None = None, limits: Limits = DEFAULT_L
 def is_binary(path: Path) -> bool:
     """True when the file is not read as text (a tensor/media format, an archive, or unknown binary)."""
     with open(path, "rb") as fh:
-        return _sniff(fh.read(_SAMPLE), str(path)) in ("skip", "strings", *_CONTAINERS)
+        return _sniff(fh.read(_SAMPLE), str(path)) in ("skip", "strings", "safetensors", "pickle", "torch-zip",
+                                                       *_CONTAINERS)
 
 
 def scan_files(root: Path, paths: Iterable[str], allow: Iterable[str] = (),
