@@ -261,3 +261,13 @@ def test_data_file_hashes_streamed(tmp_path):
     h = file_hashes(path, "data/d.jsonl", chunk=7)  # tiny chunks: many updates must equal one
     assert (h.path, h.size) == ("data/d.jsonl", len(data))
     assert h.md5 == hashlib.md5(data).hexdigest() and h.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_a_file_linking_out_of_the_adapter_folder_is_refused(adapter, tmp_path):
+    """The linked file would be parsed and its hash put in the card, while the inventory leaves it out."""
+    outside = tmp_path / "elsewhere.json"
+    outside.write_text((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").unlink()
+    (adapter / "adapter_config.json").symlink_to(outside)
+    with pytest.raises(ArtifactError, match="adapter_config.json: a symlink out of the adapter folder"):
+        read_adapter(adapter, BASE_MODEL, "adapters/em")

@@ -130,3 +130,38 @@ def test_init_does_not_take_a_sweeps_table_for_a_ranking(tmp_path):
     (run / "results" / "ranking.csv").write_text("layer,auc,margin\n20,0.9,1.2\n22,0.95,1.5\n")
     text, _ = draft_manifest(run)
     assert '"results/ranking.csv"' in text and "sweeps.csv" not in text.split("ranking:")[1].split("\n")[1]
+
+
+def test_init_reads_nothing_outside_the_run_and_writes_through_no_link(tmp_path):
+    """A direction linked from outside is not drafted; a link planted under the temporary name, or a manifest
+    that is a link to an outside file, is replaced, never written through."""
+    import os
+
+    run = copy_example("persona-vector", tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "other_dir.pt").write_bytes((run / "vectors" / "persona_dir.pt").read_bytes())
+    (run / "vectors" / "linked_dir.pt").symlink_to(outside / "other_dir.pt")
+    (run / "vectors" / "copied_dir.pt").write_bytes((run / "vectors" / "persona_dir.pt").read_bytes())
+    victim = outside / "victim.txt"
+    victim.write_text("keep me")
+    (run / "hubkit.yaml").unlink()
+    (run / f".hubkit.yaml.hubkit-tmp-{os.getpid()}").symlink_to(victim)
+    path, _ = write_draft(run)
+    draft = path.read_text()
+    assert "copied_dir.pt" in draft and "linked_dir.pt" not in draft  # the same bytes, inside: drafted
+    assert victim.read_text() == "keep me" and not path.is_symlink()
+    path.unlink()
+    path.symlink_to(victim)
+    write_draft(run, force=True)
+    assert victim.read_text() == "keep me" and not path.is_symlink()
+
+
+def test_a_manifest_linking_out_of_the_run_is_refused(tmp_path):
+    run = copy_example("persona-vector", tmp_path)
+    outside = tmp_path / "m.yaml"
+    outside.write_text((run / "hubkit.yaml").read_text())
+    (run / "hubkit.yaml").unlink()
+    (run / "hubkit.yaml").symlink_to(outside)
+    with pytest.raises(ManifestError, match="a symlink to outside the run"):
+        validate_run(run)

@@ -21,6 +21,7 @@ def staging_file(target: str | Path) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(target)
     tmp = target.parent / f".{target.name}.hubkit-tmp-{os.getpid()}"
+    tmp.unlink(missing_ok=True)  # a link planted under this name is removed, never written through
     try:
         yield tmp
         with open(tmp, "rb+") as fh:

@@ -127,6 +127,10 @@ def read_adapter(folder: str | Path, declared_base: str, where: str, *,
     name = name or folder.name
     if not folder.is_dir():
         raise ArtifactError(f"{where}: adapter '{name}': not a folder")
+    inside = folder.resolve()
+    for f in sorted(folder.iterdir()):
+        if f.is_symlink() and not f.resolve().is_relative_to(inside):
+            raise ArtifactError(f"{where}/{f.name}: a symlink out of the adapter folder (copy the file in)")
     cfg_where = f"{where}/{CONFIG}"
     cfg_path = folder / CONFIG
     if not cfg_path.is_file():

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from hubkit.errors import HubkitError, ManifestError
+from hubkit.formats.atomic import write_bytes
 from hubkit.formats.tables import read_csv
 from hubkit.run.manifest import MANIFEST_NAME, STATUSES, TODO
 
@@ -40,10 +41,14 @@ class Found:
 
 
 def _files(root: Path) -> list[str]:
+    """The run's files, as the inventory sees them: links that lead outside the run are never read."""
     out = []
+    top = root.resolve()
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__pycache__")
-        out += [(Path(dirpath) / f).relative_to(root).as_posix() for f in sorted(filenames)]
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__pycache__"
+                             and not (Path(dirpath) / d).is_symlink())
+        out += [(Path(dirpath) / f).relative_to(root).as_posix() for f in sorted(filenames)
+                if (Path(dirpath) / f).resolve().is_relative_to(top)]
     return sorted(out)
 
 
@@ -294,7 +299,7 @@ def write_draft(run_dir: str | Path, *, force: bool = False) -> tuple[Path, list
     if path.exists() and not force:
         raise ManifestError(f"{path}: already exists (use --force to overwrite)")
     text, todo = draft_manifest(run_dir)
-    tmp = path.with_name(f".{MANIFEST_NAME}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    if path.is_symlink():  # replaced by the draft, never written through
+        path.unlink()
+    write_bytes(path, text.encode("utf-8"))
     return path, todo

@@ -586,6 +586,8 @@ def load_manifest(run_dir: str | Path) -> Manifest:
         empty = not any(run_dir.iterdir())
         why = "the directory is empty" if empty else "run `hubkit init` to draft one"
         raise ManifestError(f"{path}: no manifest ({why})")
+    if not path.resolve().is_relative_to(run_dir.resolve()):
+        raise ManifestError(f"{path}: a symlink to outside the run (the manifest must be the run's own file)")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
