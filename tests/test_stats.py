@@ -108,14 +108,15 @@ def test_mcnemar_agrees_with_scipy_binomtest(alternative):
 @pytest.mark.parametrize("alternative", ["greater", "less", "two-sided"])
 def test_exact_tests_at_benchmark_scale_agree_with_scipy(alternative):
     """A 14k-20k-task benchmark (MMLU-sized arms): the weights come by recurrence, still exact integers (they
-    took O(n²) time as one binomial per table: 86 s at 20,000 tasks)."""
+    took O(n²) time as one binomial per table: 86 s at 20,000 tasks); past EXACT_UP_TO, log-weights."""
     from scipy.stats import binomtest
     from scipy.stats import fisher_exact as scipy_fisher
 
-    for a, a_n, b, b_n in [(10_000, 20_000, 9_999, 20_000), (7_100, 14_042, 6_900, 14_042), (5, 20_000, 0, 15_000)]:
+    for a, a_n, b, b_n in [(10_000, 20_000, 9_999, 20_000), (7_100, 14_042, 6_900, 14_042), (5, 20_000, 0, 15_000),
+                           (25_000, 50_000, 24_500, 50_000), (3, 30_000, 0, 30_000)]:  # the last two: floats
         want = scipy_fisher([[a, a_n - a], [b, b_n - b]], alternative=alternative).pvalue
         assert fisher_exact(a, a_n, b, b_n, alternative) == pytest.approx(want, rel=1e-6, abs=1e-300)
-    for x, y in [(6_000, 5_800), (0, 9_000), (1_234, 1_300)]:
+    for x, y in [(6_000, 5_800), (0, 9_000), (1_234, 1_300), (30_000, 29_000)]:
         want = binomtest(x, x + y, 0.5, alternative=alternative).pvalue
         assert mcnemar_exact(x, y, alternative) == pytest.approx(want, rel=1e-6, abs=1e-300)
 
