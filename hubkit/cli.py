@@ -263,17 +263,13 @@ def pull_command(repo: str, revision: str | None, out: Path, no_progress: bool) 
               help="Use your own copy of the card templates (any subset of them).")
 def card(run_dir: Path, output: Path | None, template_dir: Path | None) -> None:
     """Render the model card a publish of RUN_DIR would commit."""
-    from hubkit.publish.repo_tree import card_for_run
+    from hubkit.publish.repo_tree import card_for_run, write_card
 
     rendered = card_for_run(run_dir, template_dir=template_dir)
     if output is None:
         click.echo(rendered.text, nl=False)
         return
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(rendered.text, encoding="utf-8")
-    for rel, data in rendered.assets.items():
-        (output.parent / rel).parent.mkdir(parents=True, exist_ok=True)
-        (output.parent / rel).write_bytes(data)
+    write_card(rendered, output)
     extra = f" and {len(rendered.assets)} asset(s)" if rendered.assets else ""
     click.echo(f"wrote {output}{extra}")
 

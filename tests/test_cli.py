@@ -132,3 +132,19 @@ def test_help_does_not_import_torch():
             "heavy = [m for m in ('torch', 'transformers', 'pandas', 'scipy', 'datasets', 'huggingface_hub')"
             " if m in sys.modules]\nassert not heavy, heavy\n")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_card_output_is_written_whole_or_not_at_all(tmp_path):
+    """A file where the card's figures go, or a device as -o, writes nothing (the card was written first, and
+    `-o /dev/stdout` put its figures in /dev/assets)."""
+    run = copy_example("persona-vector", tmp_path)
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "assets").write_text("x")
+    r = invoke("card", str(run), "-o", str(d / "README.md"))
+    assert r.exit_code == 1 and "in the way of the card's figure" in r.stderr and r.stderr.count("\n") == 1
+    assert sorted(p.name for p in d.iterdir()) == ["assets"]
+    r = invoke("card", str(run), "-o", "/dev/null")
+    assert r.exit_code == 1 and "not a regular file" in r.stderr
+    r = invoke("card", str(run), "-o", str(tmp_path / "ok" / "README.md"))
+    assert r.exit_code == 0 and (tmp_path / "ok" / "README.md").is_file() and (tmp_path / "ok" / "assets").is_dir()

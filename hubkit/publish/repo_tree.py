@@ -211,6 +211,27 @@ class RenderedCard:
     assets: dict[str, bytes]  # repo path -> bytes of the files the card embeds
 
 
+def write_card(rendered: RenderedCard, output: str | Path) -> Path:
+    """``hubkit card -o``: the card's figures beside it, then the card, each written whole (atomically); every
+    place is checked first, so a clash (a file where ``assets/`` goes, a device or folder as ``-o``) writes
+    nothing."""
+    from hubkit.formats.atomic import write_bytes
+
+    output = Path(output)
+    if output.is_symlink() or (output.exists() and not output.is_file()):
+        raise HubkitError(f"{output}: not a regular file (give a path for the card; without -o it goes to stdout)")
+    for rel in rendered.assets:
+        for place in [output.parent / rel, *(output.parent / rel).parents]:
+            if place == output.parent:
+                break
+            if place.exists() and not (place.is_dir() if place != output.parent / rel else place.is_file()):
+                raise HubkitError(f"{place}: in the way of the card's figure {rel}")
+    for rel, data in rendered.assets.items():
+        write_bytes(output.parent / rel, data)
+    write_bytes(output, rendered.text.encode("utf-8"))
+    return output
+
+
 def card_for_run(run_dir: str | Path, *, template_dir: str | Path | None = None) -> RenderedCard:
     """The README a publish of ``run_dir`` would commit (same files, hashes and plots), without staging."""
     from hubkit.run.run import load_run
