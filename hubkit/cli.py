@@ -33,12 +33,12 @@ class _Group(click.Group):
             if ctx.obj and ctx.obj.get("debug"):
                 traceback.print_exc()
             for p in e.problems:
-                click.echo(f"error: {p}", err=True)
+                click.echo(f"error: {_masked(p)}", err=True)
             sys.exit(e.exit_code)
         except HubkitError as e:
             if ctx.obj and ctx.obj.get("debug"):
                 traceback.print_exc()
-            click.echo(f"error: {e}", err=True)
+            click.echo(f"error: {_masked(str(e))}", err=True)
             sys.exit(e.exit_code)
         except OSError as e:  # ENOSPC, EACCES, ...: whatever was being written was removed on the way out
             if ctx.obj and ctx.obj.get("debug"):
@@ -52,6 +52,14 @@ class _Group(click.Group):
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
+
+
+def _masked(message: str) -> str:
+    """An error quotes the value it refuses (a CSV cell, a status): a token there is masked before it reaches
+    a terminal or a CI log."""
+    from hubkit.publish.secrets import mask_secrets
+
+    return mask_secrets(message)
 
 
 def _terminate(signum: int, frame: object) -> None:

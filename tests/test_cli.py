@@ -148,3 +148,14 @@ def test_card_output_is_written_whole_or_not_at_all(tmp_path):
     assert r.exit_code == 1 and "not a regular file" in r.stderr
     r = invoke("card", str(run), "-o", str(tmp_path / "ok" / "README.md"))
     assert r.exit_code == 0 and (tmp_path / "ok" / "README.md").is_file() and (tmp_path / "ok" / "assets").is_dir()
+
+
+def test_a_token_quoted_by_an_error_is_masked(tmp_path):
+    """Errors quote the value they refuse; a token pasted in the wrong place must not reach a CI log whole."""
+    token = "hf_" + "Zq8" + "xK2vP9mN4rT7wY1bC5dF8gH3jL6sA0eU"
+    run = copy_example("persona-vector", tmp_path)
+    text = (run / "hubkit.yaml").read_text()
+    status = next(line for line in text.splitlines() if line.startswith("status:"))
+    (run / "hubkit.yaml").write_text(text.replace(status, f"status: {token}", 1))
+    r = invoke("validate", str(run))
+    assert r.exit_code == 1 and token not in r.stderr and "hf_Zq…" in r.stderr, r.stderr

@@ -179,3 +179,15 @@ def test_lm_head_target_with_tied_embeddings_is_refused() -> None:
     tensors, shards = _index(_qwen3_5_names())
     with pytest.raises(PlanError, match="no lm_head tensor"):
         wplan.build_plan(QWEN3_5_CONFIG, tensors, shards, ["attn_out", "lm_head"])
+
+
+def test_tie_word_embeddings_must_be_a_boolean(tmp_path) -> None:
+    """The string "false" is truthy: read as a flag, it would edit a stored lm_head like the embedding."""
+    import json
+
+    src = tm.save_llama(tmp_path / "llama")
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["tie_word_embeddings"] = "false"
+    (src / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(PlanError, match="tie_word_embeddings must be true or false, got 'false'"):
+        wplan.plan_checkpoint(src)

@@ -522,6 +522,12 @@ def _mask_name(name: str) -> tuple[str, list[_Found]]:
     return out.decode("utf-8", "replace"), found
 
 
+def mask_secrets(text: str) -> str:
+    """``text`` with every secret the scan recognizes masked (``hf_ab…wxyz``): for error messages, which
+    quote the offending value and end up in CI logs."""
+    return _mask_name(text)[0]
+
+
 def scan_names(paths: Iterable[str]) -> list[SecretHit]:
     """Credentials in file names or paths (they are published in the card and ``hubkit.json``).
 

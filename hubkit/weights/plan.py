@@ -215,7 +215,9 @@ def build_plan(
 
     embed_name = next((root + e for e in fam.embed if root + e in tensors), None)
     lm_head_name = next((h for h in fam.lm_head if h in tensors), None)
-    tie_flag = bool(config.get("tie_word_embeddings", text_config(config).get("tie_word_embeddings", False)))
+    tie_flag = config.get("tie_word_embeddings", text_config(config).get("tie_word_embeddings", False))
+    if not isinstance(tie_flag, bool):  # "false" as a string is truthy: it would edit lm_head like the embedding
+        raise PlanError(f"config.json: tie_word_embeddings must be true or false, got {tie_flag!r}"[:200])
     tied = lm_head_name is None or tie_flag
 
     if "embed_tokens" in targets:
