@@ -91,6 +91,19 @@ def test_pickle_is_refused(tmp_path):
         read_direction_file(tmp_path / "o.npy", layer=0)
 
 
+def test_a_legacy_pickle_of_an_object_is_the_same_refusal_and_never_runs(tmp_path, recwarn, capfd):
+    """A non-zip pickle (``pickle.dump``, torch < 1.6) of an object: torch's weights-only unpickler stops at an
+    opcode, not a global; it is the same "needs full unpickling" refusal, without torch's protocol warning."""
+    import pickle
+
+    p = tmp_path / "legacy.pt"
+    p.write_bytes(pickle.dumps(Payload(), protocol=4))
+    with pytest.raises(PickleRefused, match="legacy.pt: needs full unpickling"):
+        read_direction_file(p, layer=0)
+    assert not [w for w in recwarn if "pickle protocol" in str(w.message)]
+    assert "this would run" not in capfd.readouterr().out
+
+
 def test_bad_values(tmp_path):
     rows = unit(3)
     rows[1, 3] = float("nan")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hubkit.errors import DirectionError, PickleRefused, first_line
+from hubkit.formats.safefiles import load_torch_tensors
 from hubkit.formats.safetensors_io import (
     TensorEntry,
     read_safetensors,
@@ -178,22 +179,7 @@ def _read_raw(path: Path, where: str) -> tuple[Any, dict[str, str]]:
 
 
 def _load_pt(path: Path, where: str) -> Any:
-    import pickle
-
-    import torch
-
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "unsupported global" not in str(e).lower() and "unsupported class" not in str(e).lower():
-            raise DirectionError(f"{where}: not a readable torch file ({first_line(e)})") from e
-        raise PickleRefused(
-            f"{where}: needs full unpickling (weights_only=False), which can run arbitrary code; "
-            "hubkit reads only tensors, dicts and lists of tensors. Re-save it with "
-            "torch.save(tensor) or as .safetensors"
-        ) from e
-    except Exception as e:
-        raise DirectionError(f"{where}: not a readable torch file ({type(e).__name__}: {first_line(e)})") from e
+    return load_torch_tensors(path, where, error=DirectionError, holds="tensors, dicts and lists of tensors")
 
 
 def _load_safetensors(path: Path, where: str) -> tuple[Any, dict[str, str]]:

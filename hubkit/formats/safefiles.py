@@ -80,3 +80,34 @@ def file_hashes(path: str | Path, display: str | None = None, *, chunk: int = 1 
             sha.update(block)
             size += len(block)
     return FileHashes(display or str(path), size, md5.hexdigest(), sha.hexdigest())
+
+
+def load_torch_tensors(path: Path, where: str, *, error: type[HubkitError], holds: str) -> Any:
+    """``torch.load(weights_only=True)``: tensors and containers of them, never a full unpickle.
+
+    Whatever torch's weights-only unpickler refuses (a class or function to import, an opcode it does not
+    run: a legacy pickle of an object) is :class:`~hubkit.errors.PickleRefused`, the one refusal for "needs
+    full unpickling"; an unreadable file is ``error``. ``holds`` says what hubkit reads, for the message.
+    Torch's warnings about pickle protocols are not the user's concern: one line, the error, is."""
+    import pickle
+    import warnings
+
+    import torch
+
+    from hubkit.errors import PickleRefused
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        with open(path, "rb") as fh:
+            head = fh.read(2)
+        is_pickle = head == b"PK" or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"))
+        if "weights only load failed" not in str(e).lower() or not is_pickle:
+            raise error(f"{where}: not a readable torch file ({first_line(e)})") from e
+        raise PickleRefused(
+            f"{where}: needs full unpickling (weights_only=False), which can run arbitrary code; hubkit reads "
+            f"only {holds}. Re-save it with torch.save of tensors, or as .safetensors") from e
+    except Exception as e:
+        raise error(f"{where}: not a readable torch file ({type(e).__name__}: {first_line(e)})") from e

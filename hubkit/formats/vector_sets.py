@@ -30,6 +30,7 @@ import numpy as np
 
 from hubkit.errors import DirectionError, PickleRefused, first_line
 from hubkit.formats.hashing import sha256_file
+from hubkit.formats.safefiles import load_torch_tensors
 from hubkit.formats.safetensors_io import read_safetensors, safetensors_bytes
 
 if TYPE_CHECKING:
@@ -350,24 +351,7 @@ def _load_tensor_file(path: Path, where: str) -> Any:
 
 
 def _load_pt(path: Path, where: str) -> Any:
-    """``torch.load(weights_only=True)``: tensors, dicts, lists; what needs a full unpickle is refused."""
-    import pickle
-
-    import torch
-
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        text = str(e).lower()
-        if "unsupported global" not in text and "unsupported class" not in text:
-            raise _fail(where, None, f"not a readable torch file ({first_line(e)})") from e
-        raise PickleRefused(
-            f"{where}: needs full unpickling (weights_only=False), which can run arbitrary code; hubkit "
-            "reads only tensors and dicts of tensors. Re-save it as {member: tensor} with torch.save or as "
-            ".safetensors"
-        ) from e
-    except Exception as e:
-        raise _fail(where, None, f"not a readable torch file ({type(e).__name__}: {first_line(e)})") from e
+    return load_torch_tensors(path, where, error=DirectionError, holds="tensors and dicts of tensors")
 
 
 # --------------------------------------------------------------------------- safetensors by hand
