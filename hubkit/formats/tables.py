@@ -18,12 +18,15 @@ def read_csv(path: Path, display: str) -> tuple[list[str], list[tuple[int, dict[
     if not path.is_file():
         raise ArtifactError(f"{display}: file not found")
     try:
-        with path.open(newline="", encoding="utf-8") as fh:
+        with path.open(newline="", encoding="utf-8-sig") as fh:  # a spreadsheet's BOM is not part of a column
             reader = csv.reader(fh)
             header = next(reader, None)
             if not header:
                 raise ArtifactError(f"{display}:1: empty CSV (no header)")
             cols = [h.strip().lower() for h in header]
+            twice = sorted({c for c in cols if cols.count(c) > 1})
+            if twice:  # which one would count? neither: say so
+                raise ArtifactError(f"{display}:1: column '{twice[0]}' appears more than once")
             rows = []
             for rec in reader:
                 if not rec or all(not c.strip() for c in rec):
