@@ -712,6 +712,14 @@ def test_hubjson_staged_is_valid() -> None:
     assert hj.files and hj.directions and hj.regenerate is not None
 
 
+def test_hubjson_with_a_key_twice_is_refused() -> None:
+    """Which `regenerate` is meant? json.loads keeps the last silently; hubkit refuses to guess."""
+    text = (staged_run() / "hubkit.json").read_text(encoding="utf-8")
+    doubled = text.rstrip().rstrip("}") + ', "regenerate": {}}'
+    with pytest.raises(hubjson.HubJsonError, match="not valid JSON .*regenerate"):
+        hubjson.parse(doubled.encode(), HJ_WHERE)
+
+
 @fuzz(300)
 @given(data=st.one_of(json_values.map(lambda v: dumps_json(v).encode()), st.binary(max_size=200),
                       st.text(max_size=100).map(lambda s: s.encode("utf-8", "surrogatepass"))))

@@ -191,3 +191,18 @@ def test_tie_word_embeddings_must_be_a_boolean(tmp_path) -> None:
     (src / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(PlanError, match="tie_word_embeddings must be true or false, got 'false'"):
         wplan.plan_checkpoint(src)
+
+
+def test_an_index_with_an_empty_or_doubled_weight_map_names_the_index(tmp_path) -> None:
+    import json
+
+    src = tm.save_qwen3_5(tmp_path / "q", max_shard_size="100KB")
+    index = src / stio.INDEX_NAME
+    good = json.loads(index.read_text())
+    index.write_text(json.dumps({"weight_map": {}}))
+    with pytest.raises(PlanError, match="model.safetensors.index.json: weight_map is empty"):
+        wplan.plan_checkpoint(src)
+    text = json.dumps(good)
+    index.write_text(text[:-1] + ', "weight_map": {}}')  # the key twice: which one is meant?
+    with pytest.raises(PlanError, match="model.safetensors.index.json: no readable weight_map"):
+        wplan.plan_checkpoint(src)

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from hubkit.errors import HubkitError
 from hubkit.formats.recipe import RecipeSpec, parse_recipe
+from hubkit.formats.safefiles import strict_json
 
 HUBKIT_JSON = "hubkit.json"
 CARD = "README.md"
@@ -251,7 +252,7 @@ def parse(data: bytes | str | dict[str, Any], where: str = HUBKIT_JSON) -> HubJs
         if len(data) > MAX_BYTES:
             raise HubJsonError(f"{where}: {len(data)} bytes, larger than any hubkit.json; refused")
         try:
-            data = json.loads(data, parse_constant=_no_constant)  # JSON only: a download is never unpickled
+            data = strict_json(data)  # JSON only (a download is never unpickled); no key given twice, no NaN
         except (ValueError, RecursionError) as e:
             raise HubJsonError(f"{where}: not valid JSON ({str(e).splitlines()[0][:200]})") from e
     if not isinstance(data, dict):
@@ -352,10 +353,6 @@ def _convention(r: _Reader, v: Any, key: str) -> str | None:
     if v not in ("block", "hidden_states"):
         raise r.fail(key, f"'{_show(v)}' is not a layer convention (block, hidden_states)")
     return str(v)
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 def _kind(v: Any) -> str:

@@ -244,8 +244,10 @@ def shard_names(model_dir: Path) -> list[str]:
     index = model_dir / INDEX_NAME
     if index.is_file():
         try:
-            weight_map = json.loads(index.read_text())["weight_map"]
+            weight_map = strict_json(index.read_text())["weight_map"]
             names = sorted(set(weight_map.values()))
+            if not names:
+                raise PlanError(f"{index}: weight_map is empty")
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
             raise PlanError(f"{index}: no readable weight_map ({str(e).splitlines()[0][:200]})") from e
         for n in names:  # a downloaded index names files: they must be plain shard names in this folder
