@@ -21,6 +21,9 @@ def test_folder_appears_whole_and_a_failure_leaves_nothing(tmp_path: Path) -> No
         (tmp / "a").write_text("x")
         raise RuntimeError("boom")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    with pytest.raises(RuntimeError), staging_dir(tmp_path / "new" / "a" / "out"):
+        raise RuntimeError("boom")  # the folders made for it go too
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 def test_a_folder_filled_by_another_run_meanwhile_is_not_replaced(tmp_path: Path) -> None:

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from hubkit.errors import ManifestError
@@ -104,6 +106,13 @@ def test_bad_values_are_one_line_errors_with_line(change, message):
         parse_manifest(FULL.replace(old, new, 1))
     assert "\n" not in str(e.value)
     assert str(e.value).startswith("hubkit.yaml:")
+
+
+def test_an_impossible_date_names_its_line():
+    text = re.sub(r"(?m)^date: .*$", "date: 2026-02-30", FULL, count=1)
+    line = text.splitlines().index("date: 2026-02-30") + 1
+    with pytest.raises(ManifestError, match=f"hubkit.yaml:{line}: unreadable YAML value .*day is out of range"):
+        parse_manifest(text)
 
 
 def test_unreadable_yaml_names_line():

@@ -51,6 +51,7 @@ def staging_dir(target: str | Path, *, overwrite: bool = False) -> Iterator[Path
         raise HubkitError(f"{target}: is a symbolic link (give the folder itself)")
     if target.exists() and not overwrite and (not target.is_dir() or any(target.iterdir())):
         raise HubkitError(f"{target}: already exists and is not empty (choose another --out or remove it)")
+    made = [p for p in target.parents if not p.exists()]  # removed again if the run fails (when still empty)
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(target)
     tmp = target.parent / f".{target.name}.hubkit-tmp-{os.getpid()}"
@@ -73,6 +74,11 @@ def staging_dir(target: str | Path, *, overwrite: bool = False) -> Iterator[Path
         _fsync_dir(target.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        for folder in made:  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:
+                break
         raise
 
 

@@ -337,6 +337,25 @@ def _kind(v: Any) -> str:
 MAX_MANIFEST_CHARS = 1 << 16
 
 
+def _failing_scalar_line(node: Any, loader: Any) -> int | None:
+    """The line of the first scalar PyYAML cannot construct (a date such as 2026-02-30), for the message."""
+    import yaml
+
+    stack = [node]
+    while stack:
+        n = stack.pop(0)
+        if isinstance(n, yaml.ScalarNode):
+            try:
+                loader("").construct_object(n, deep=True)
+            except Exception:  # noqa: BLE001 - only locating the value that failed
+                return n.start_mark.line + 1
+        elif isinstance(n, yaml.MappingNode):
+            stack.extend(x for pair in n.value for x in pair)
+        elif isinstance(n, yaml.SequenceNode):
+            stack.extend(n.value)
+    return None
+
+
 def _refuse_aliases_and_duplicates(node: Any, where: str) -> None:
     """YAML anchors/aliases are refused (a 400-byte file of nested aliases expands to gigabytes) and so are
     duplicate keys (YAML keeps the last one silently: the first value the author wrote would vanish)."""
@@ -381,7 +400,9 @@ def parse_manifest(text: str, where: str = MANIFEST_NAME) -> Manifest:
     except RecursionError as e:
         raise ManifestError(f"{where}: nested too deeply") from e
     except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError) as e:
-        raise ManifestError(f"{where}: unreadable YAML value ({type(e).__name__}: {str(e)[:100]})") from e
+        line = _failing_scalar_line(node, loader) if "node" in locals() and node is not None else None
+        at = f"{where}:{line}" if line else where
+        raise ManifestError(f"{at}: unreadable YAML value ({type(e).__name__}: {str(e)[:100]})") from e
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         ctx = getattr(e, "context_mark", None)
