@@ -648,6 +648,9 @@ def test_tensor_names_are_believed_only_when_the_bytes_agree(tmp_path: Path):
     torch.save({"w": torch.randn(1000)}, tmp_path / "clean.pt")  # storages are never read as text
     save_file({"w": torch.randn(1000)}, str(tmp_path / "clean.safetensors"), metadata={"format": "pt"})
     assert scan_file(tmp_path / "clean.pt") == [] and scan_file(tmp_path / "clean.safetensors") == []
+    raw = tmp_path / "acts.bin"  # numbers written raw (x.tofile): unread, as before (never 'unscannable')
+    raw.write_bytes(torch.randn(300_000).numpy().tobytes() + HF.encode())
+    assert scan_file(raw) == [] and is_binary(raw)
     assert is_binary(tmp_path / "training_args.bin") and not is_binary(tmp_path / "notes.bin")
 
 

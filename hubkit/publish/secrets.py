@@ -729,6 +729,8 @@ def _sniff(sample: bytes, name: str) -> str:
             return "pickle"
         if sample.startswith((*_SKIP_MAGIC, b"PK\x03\x04", b"PK\x05\x06")) or not sample:
             return "skip"
+        kind = _sniff(sample, "")  # what the bytes say without the name
+        return kind if kind == "text" or kind.startswith("utf-") else "skip"  # raw numbers (x.tofile) stay unread
     if sample.startswith(b"\x1f\x8b"):
         return "gzip"
     if re.match(rb"BZh[1-9](?:1AY&SY|\x17rE8P\x90)", sample):
