@@ -214,6 +214,15 @@ def test_a_base_file_leading_outside_the_folder_is_refused(base: Path, tmp_path:
         with pytest.raises(ProvenanceError, match=f"{name}: leads outside the base folder"):
             rg.regenerate(staged, base_model=folder, out=tmp_path / "out", progress=False)
         assert not (tmp_path / "out").exists()
+    # a folder of links into a Hub cache's content store (as a snapshot is) is a downloaded model: accepted
+    blobs = tmp_path / "cache" / "models--Qwen--Qwen3.5-4B" / "blobs"
+    blobs.mkdir(parents=True)
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    for i, f in enumerate(sorted(base.iterdir())):
+        shutil.copyfile(f, blobs / f"{i:040x}")
+        (linked / f.name).symlink_to(blobs / f"{i:040x}")
+    assert rg.regenerate(staged, base_model=linked, out=tmp_path / "out", progress=False).orthogonal
 
 
 def test_non_finite_results_are_refused_and_nothing_is_written(base: Path, tmp_path: Path) -> None:

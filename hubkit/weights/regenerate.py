@@ -302,15 +302,15 @@ def _hub_base(repo_id: str, revision: str | None, *, plan_only: bool) -> BaseChe
 
 def confine_base(base: BaseCheckpoint) -> None:
     """Refuse a base folder whose files lead outside it (a symbolic link to another file would be read, and
-    copied into the output, as the model's). The Hub cache's snapshot folders link into ``../../blobs``: for a
-    path inside ``models--ORG--NAME/snapshots/COMMIT`` that cache folder is the bound."""
+    copied into the output, as the model's). Links into a Hub cache's content store are the one exception (a
+    snapshot folder links into ``../../blobs``, and a folder of links to a snapshot's files is common): a
+    ``models--ORG--NAME/blobs/<hash>`` file is a downloaded file, not an arbitrary one."""
     here = base.path.resolve()
-    m = _SNAPSHOT.search(here.as_posix())
-    bound = here.parents[1] if m is not None else here
     for pattern in BASE_PATTERNS:
         for f in sorted(base.path.glob(pattern)):
             real = f.resolve()
-            if not real.is_relative_to(bound):
+            in_cache = real.parent.name == "blobs" and real.parent.parent.name.startswith("models--")
+            if not (real.is_relative_to(here) or in_cache):
                 raise ProvenanceError(f"{f}: leads outside the base folder (to {real}); refused")
 
 
