@@ -82,6 +82,11 @@ def file_hashes(path: str | Path, display: str | None = None, *, chunk: int = 1 
     return FileHashes(display or str(path), size, md5.hexdigest(), sha.hexdigest())
 
 
+def starts_like_pickle(head: bytes) -> bool:
+    """A pickle stream (protocol 2-5 opens with PROTO), as ``torch.save`` wrote before torch 1.6."""
+    return head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")
+
+
 def load_torch_tensors(path: Path, where: str, *, error: type[HubkitError], holds: str) -> Any:
     """``torch.load(weights_only=True)``: tensors and containers of them, never a full unpickle.
 
@@ -103,7 +108,7 @@ def load_torch_tensors(path: Path, where: str, *, error: type[HubkitError], hold
     except pickle.UnpicklingError as e:
         with open(path, "rb") as fh:
             head = fh.read(2)
-        is_pickle = head == b"PK" or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"))
+        is_pickle = head == b"PK" or starts_like_pickle(head)  # a torch zip, or a legacy pickle
         if "weights only load failed" not in str(e).lower() or not is_pickle:
             raise error(f"{where}: not a readable torch file ({first_line(e)})") from e
         raise PickleRefused(

@@ -221,10 +221,10 @@ def write_card(rendered: RenderedCard, output: str | Path) -> Path:
     if output.is_symlink() or (output.exists() and not output.is_file()):
         raise HubkitError(f"{output}: not a regular file (give a path for the card; without -o it goes to stdout)")
     for rel in rendered.assets:
-        for place in [output.parent / rel, *(output.parent / rel).parents]:
-            if place == output.parent:
-                break
-            if place.exists() and not (place.is_dir() if place != output.parent / rel else place.is_file()):
+        target = output.parent / rel
+        folders = [f for f in target.parents if f.is_relative_to(output.parent) and f != output.parent]
+        for place in [target, *folders]:
+            if place.exists() and not (place.is_file() if place == target else place.is_dir()):
                 raise HubkitError(f"{place}: in the way of the card's figure {rel}")
     for rel, data in rendered.assets.items():
         write_bytes(output.parent / rel, data)

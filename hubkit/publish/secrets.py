@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from hubkit.errors import SecretFound
+from hubkit.formats.safefiles import starts_like_pickle
 from hubkit.run.run import matches
 
 __all__ = [
@@ -725,7 +726,7 @@ def _sniff(sample: bytes, name: str) -> str:
             return "safetensors"
         if suffix in _TORCH_SUFFIXES and sample.startswith(b"PK\x03\x04"):
             return "torch-zip"
-        if suffix in _TORCH_SUFFIXES and sample[:1] == b"\x80" and sample[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        if suffix in _TORCH_SUFFIXES and starts_like_pickle(sample):
             return "pickle"
         if sample.startswith((*_SKIP_MAGIC, b"PK\x03\x04", b"PK\x05\x06")) or not sample:
             return "skip"
